@@ -1,0 +1,245 @@
+//! Southbound protocol drivers of the BIOTA Edge gateway.
+//!
+//! A driver speaks one protocol to devices and emits raw [`Sample`]s, in
+//! [`SampleBatch`]es, into a bounded channel ([`SampleSink`]). It knows
+//! nothing of the Common Data Model, the store or the gateway: turning
+//! samples into typed, validated readings is the gateway's normalizer's job.
+//!
+//! Layout: one folder per protocol (`sim/`, later `modbus/`, `mqtt/`,
+//! `coap/`), each with a `config.rs` holding its `<Proto>Config` and the
+//! task `<Proto>Driver` with `new()` and `async fn run(self, shutdown)`.
+//! [`DriversConfig`] is the one place a protocol is registered.
+//!
+//! *Architecture invariant:* this crate never depends on `biota-gateway`
+//! or `biota-node`.
+
+pub mod sim;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+
+/// A value as the device delivered it, before profiles give it a type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawValue {
+    Bool(bool),
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+/// What the driver knows about a sample's trustworthiness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SampleQuality {
+    Good,
+    /// The device flagged the value (e.g. a sensor out of range).
+    Uncertain,
+    /// The device stopped answering or reported a fault; the value is the
+    /// last known one or meaningless.
+    Bad,
+}
+
+/// One raw value of one point of one device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Device id as the driver knows it (config or protocol address).
+    pub device: Arc<str>,
+    /// Point name as the driver knows it (before renaming by profiles).
+    pub point: Arc<str>,
+    pub value: RawValue,
+    /// The device's own timestamp (UTC ns since the Unix epoch), if it sent one.
+    pub device_time: Option<i64>,
+    pub quality: SampleQuality,
+}
+
+/// Samples that arrived together from one source.
+#[derive(Debug, Clone)]
+pub struct SampleBatch {
+    /// Protocol and address they came from, e.g. `sim://line-1` or
+    /// `modbus-tcp://10.0.0.5:502/1`.
+    pub source: Arc<str>,
+    /// When the gateway received them (UTC ns); the ingest time.
+    pub received_at: i64,
+    pub samples: Vec<Sample>,
+}
+
+/// Something sent through a [`batch_channel`]: it knows how many items it holds.
+pub trait Batch {
+    fn items(&self) -> usize;
+}
+
+impl Batch for SampleBatch {
+    fn items(&self) -> usize {
+        self.samples.len()
+    }
+}
+
+impl<T> Batch for Vec<T> {
+    fn items(&self) -> usize {
+        self.len()
+    }
+}
+
+/// The sending end of a bounded channel of batches: when it is full the
+/// sender waits (backpressure) instead of memory growing. It also counts
+/// the items queued in it, for the queue-depth metric.
+#[derive(Debug)]
+pub struct BatchSender<T> {
+    tx: tokio::sync::mpsc::Sender<T>,
+    queued: Arc<AtomicU64>,
+}
+
+impl<T> Clone for BatchSender<T> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            queued: self.queued.clone(),
+        }
+    }
+}
+
+/// The receiving end of a [`BatchSender`].
+#[derive(Debug)]
+pub struct BatchReceiver<T> {
+    rx: tokio::sync::mpsc::Receiver<T>,
+    queued: Arc<AtomicU64>,
+}
+
+/// What every driver gets to hand its samples to the gateway.
+pub type SampleSink = BatchSender<SampleBatch>;
+/// Where the gateway's normalizer takes samples from.
+pub type SampleSource = BatchReceiver<SampleBatch>;
+
+/// The pipeline has shut down; nobody receives batches any more.
+#[derive(Debug, thiserror::Error)]
+#[error("the channel is closed (the gateway is shutting down)")]
+pub struct SinkClosed;
+
+/// A bounded channel holding at most `capacity` batches.
+pub fn batch_channel<T: Batch>(capacity: usize) -> (BatchSender<T>, BatchReceiver<T>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+    let queued = Arc::new(AtomicU64::new(0));
+    (
+        BatchSender {
+            tx,
+            queued: queued.clone(),
+        },
+        BatchReceiver { rx, queued },
+    )
+}
+
+/// A bounded sample channel holding at most `capacity` batches.
+pub fn sample_channel(capacity: usize) -> (SampleSink, SampleSource) {
+    batch_channel(capacity)
+}
+
+impl<T: Batch> BatchSender<T> {
+    /// Sends a batch, waiting while the channel is full (backpressure).
+    pub async fn send(&self, batch: T) -> Result<(), SinkClosed> {
+        let n = batch.items() as u64;
+        self.queued.fetch_add(n, Ordering::Relaxed);
+        self.tx.send(batch).await.map_err(|_| {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            SinkClosed
+        })
+    }
+}
+
+impl<T: Batch> BatchReceiver<T> {
+    /// The next batch, or `None` once every sender is dropped and the queue is empty.
+    pub async fn recv(&mut self) -> Option<T> {
+        let batch = self.rx.recv().await?;
+        self.queued
+            .fetch_sub(batch.items() as u64, Ordering::Relaxed);
+        Some(batch)
+    }
+
+    /// The next batch if one is queued right now.
+    pub fn try_recv(&mut self) -> Option<T> {
+        let batch = self.rx.try_recv().ok()?;
+        self.queued
+            .fetch_sub(batch.items() as u64, Ordering::Relaxed);
+        Some(batch)
+    }
+
+    /// A handle that reads how many items are queued.
+    pub fn depth_gauge(&self) -> Arc<AtomicU64> {
+        self.queued.clone()
+    }
+}
+
+/// Every southbound driver's configuration; the one registration point of
+/// a protocol. Each protocol is a table in the gateway's TOML file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriversConfig {
+    /// Simulated devices (`[sim]`). Default: none.
+    #[serde(default)]
+    pub sim: Option<sim::SimConfig>,
+}
+
+/// A device a driver will produce samples for, with the profile its
+/// configuration names (profiles themselves are the gateway's business).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceBinding {
+    pub device: String,
+    pub profile: Option<String>,
+    /// Key path of the device in the configuration, for error messages.
+    pub key_path: String,
+}
+
+/// A configuration error found by a driver's own validation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key_path}: {reason}")]
+pub struct ConfigError {
+    /// Where in the TOML file, e.g. `sim.devices[2].points[0].rate`.
+    pub key_path: String,
+    pub reason: String,
+}
+
+impl DriversConfig {
+    /// Checks everything serde's types cannot express.
+    /// `prefix` is where this table sits in the file (e.g. `drivers`).
+    pub fn validate(&self, prefix: &str) -> Result<(), Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        if let Some(sim) = &self.sim {
+            sim.validate(&key_path(prefix, "sim"), &mut errors);
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Every statically configured device, for profile binding.
+    pub fn devices(&self, prefix: &str) -> Vec<DeviceBinding> {
+        let mut out = Vec::new();
+        if let Some(sim) = &self.sim {
+            out.extend(sim.devices(&key_path(prefix, "sim")));
+        }
+        out
+    }
+}
+
+/// `prefix.name`, or `name` at the top level.
+fn key_path(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// Current UTC time in nanoseconds since the Unix epoch.
+pub fn now_ns() -> i64 {
+    match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        // A clock before 1970 is a broken clock; 0 makes that visible.
+        Err(_) => 0,
+    }
+}

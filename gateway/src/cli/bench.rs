@@ -1,0 +1,482 @@
+//! `biota-gateway bench`: the benchmark command behind
+//! `docs/performance.md`. It measures on the machine it runs on — durable
+//! ingest from the sim driver, resident memory at a modest rate, query
+//! latency and time to readiness with a large existing database — and
+//! prints the figures. It asserts nothing: the numbers are the result.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use biota_gateway::config::{GatewayConfig, StoreConfig, Synchronous, parse_size};
+use biota_gateway::metrics::Metrics;
+use biota_gateway::store::{StoreReader, StoreWriter};
+use biota_gateway::time::{format_duration, now_ns, parse_duration};
+use biota_gateway::{Gateway, Quality, Reading, Value};
+use clap::{Args, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use super::thousands;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Directory for the benchmark databases (default: a temporary one).
+    #[arg(long, global = true)]
+    dir: Option<PathBuf>,
+    #[command(subcommand)]
+    what: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Durable ingest from the sim driver into the store, as fast as it goes.
+    Ingest {
+        #[arg(long, default_value = "60s")]
+        duration: String,
+        /// Series the sim driver spreads the load over (multiple of 100).
+        #[arg(long, default_value_t = 1000)]
+        series: u32,
+        /// `full` (fsync per group commit) or `normal`.
+        #[arg(long, default_value = "full")]
+        synchronous: String,
+    },
+    /// Resident memory at a steady rate.
+    Memory {
+        #[arg(long, default_value = "30s")]
+        duration: String,
+        /// Readings per second in total.
+        #[arg(long, default_value_t = 10_000)]
+        rate: u32,
+        /// Series the rate is spread over (multiple of 100).
+        #[arg(long, default_value_t = 1000)]
+        series: u32,
+    },
+    /// Query latency: latest of 10,000 series, a 24 h aggregate, a range page.
+    Query {
+        #[arg(long, default_value_t = 10_000)]
+        series: u32,
+    },
+    /// Time from start to READY=1 with an existing database of this size.
+    Ready {
+        #[arg(long, default_value = "1GiB")]
+        size: String,
+    },
+    /// All of the above with their default settings.
+    All,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let temp;
+    let dir = match args.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)?;
+            dir
+        }
+        None => {
+            temp = tempfile::Builder::new().prefix("biota-bench-").tempdir()?;
+            temp.path().to_owned()
+        }
+    };
+    println!("machine: {} cores, {}", cores(), cpu_model());
+    match args.what {
+        Bench::Ingest {
+            duration,
+            series,
+            synchronous,
+        } => ingest(&dir, &duration, series, &synchronous).await?,
+        Bench::Memory {
+            duration,
+            rate,
+            series,
+        } => memory(&dir, &duration, rate, series).await?,
+        Bench::Query { series } => query(&dir, series)?,
+        Bench::Ready { size } => ready(&dir, &size)?,
+        Bench::All => {
+            query(&dir, 10_000)?;
+            memory(&dir, "30s", 10_000, 1000).await?;
+            ingest(&dir, "60s", 1000, "full").await?;
+            ready(&dir, "1GiB")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A sim config: `series` counters (devices of 100 points) at `rate` in total.
+fn sim_config(series: u32, total_rate: f64, extra: &str) -> anyhow::Result<GatewayConfig> {
+    if series == 0 || !series.is_multiple_of(100) {
+        bail!("--series must be a positive multiple of 100, got {series}");
+    }
+    let text = format!(
+        r#"{extra}
+[store.retention]
+max_size = "off"
+[drivers.sim]
+max_batch = 4096
+[[drivers.sim.devices]]
+id = "bench"
+copies = {devices}
+points = [{{ name = "p", copies = 100, waveform = "counter", rate = {rate} }}]
+"#,
+        devices = series / 100,
+        rate = total_rate / f64::from(series),
+    );
+    GatewayConfig::from_toml(Path::new("bench.toml"), &text).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn ingest(dir: &Path, duration: &str, series: u32, synchronous: &str) -> anyhow::Result<()> {
+    let duration = parse_duration(duration).map_err(anyhow::Error::msg)?;
+    let sync = match synchronous {
+        "full" => "full",
+        "normal" => "normal",
+        other => bail!("--synchronous must be full or normal, got {other}"),
+    };
+    // Offer far more than the store can take, so the store is what is measured.
+    let config = sim_config(
+        series,
+        5_000_000.0,
+        &format!(
+            "[store]\nsynchronous = \"{sync}\"\ncommit_max_readings = 100000\ncommit_max_delay = \"100ms\"\npath = \"ingest.db\""
+        ),
+    )?;
+    let db = config.db_path(dir);
+    let _ = std::fs::remove_file(&db);
+    println!(
+        "\n## ingest: sim driver -> store, {series} series, synchronous = {sync}, {}",
+        format_duration(duration)
+    );
+    let shutdown = CancellationToken::new();
+    let gateway = Gateway::start(&config, &db, shutdown.clone()).await?;
+    let metrics = gateway.metrics().clone();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let start = metrics.snapshot();
+    let mut prev = start;
+    let mut per_second = Vec::new();
+    let mut peak_rss = 0;
+    let until = Instant::now() + duration;
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = metrics.snapshot();
+        per_second.push(now.commit_rate(&prev));
+        peak_rss = peak_rss.max(rss_kib());
+        prev = now;
+    }
+    let end = metrics.snapshot();
+    shutdown.cancel();
+    let report = gateway.stopped().await;
+    per_second.sort_by(f64::total_cmp);
+    let avg = end.commit_rate(&start);
+    println!(
+        "committed/s   avg {:.0}   min {:.0}   median {:.0}   max {:.0}",
+        avg,
+        per_second[0],
+        per_second[per_second.len() / 2],
+        per_second[per_second.len() - 1]
+    );
+    println!(
+        "commits       {} ({:.0} readings each)   write errors {}   uncommitted at stop {}",
+        thousands(end.commits - start.commits),
+        (end.committed - start.committed) as f64 / (end.commits - start.commits).max(1) as f64,
+        end.write_errors,
+        report.writer.lost
+    );
+    println!(
+        "rss peak      {:.1} MB   database {:.0} MB",
+        peak_rss as f64 / 1024.0,
+        file_mb(&db)
+    );
+    Ok(())
+}
+
+async fn memory(dir: &Path, duration: &str, rate: u32, series: u32) -> anyhow::Result<()> {
+    let duration = parse_duration(duration).map_err(anyhow::Error::msg)?;
+    let config = sim_config(series, f64::from(rate), "[store]\npath = \"memory.db\"")?;
+    let db = config.db_path(dir);
+    let _ = std::fs::remove_file(&db);
+    println!(
+        "\n## memory: {rate} readings/s over {series} series, default store settings, {}",
+        format_duration(duration)
+    );
+    let shutdown = CancellationToken::new();
+    let gateway = Gateway::start(&config, &db, shutdown.clone()).await?;
+    let metrics = gateway.metrics().clone();
+    let start = metrics.snapshot();
+    let mut samples = Vec::new();
+    let until = Instant::now() + duration;
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        samples.push(rss_kib());
+    }
+    let end = metrics.snapshot();
+    shutdown.cancel();
+    gateway.stopped().await;
+    let steady = &samples[samples.len().min(5)..];
+    let max = steady.iter().copied().max().unwrap_or(0);
+    println!(
+        "committed/s   {:.0}   rss steady max {:.1} MB   last {:.1} MB   (whole process, incl. the bench harness)",
+        end.commit_rate(&start),
+        max as f64 / 1024.0,
+        samples.last().copied().unwrap_or(0) as f64 / 1024.0
+    );
+    Ok(())
+}
+
+fn query(dir: &Path, series: u32) -> anyhow::Result<()> {
+    let db = dir.join("query.db");
+    let _ = std::fs::remove_file(&db);
+    println!("\n## query: {series} series x 10 readings, plus one 1 Hz point over 24 h");
+    let store = StoreConfig {
+        synchronous: Synchronous::Normal,
+        ..StoreConfig::default()
+    };
+    let metrics = Arc::new(Metrics::new());
+    let mut writer = StoreWriter::open(&db, &store, metrics)?;
+    let now = now_ns();
+    let source: Arc<str> = Arc::from("sim://bench");
+    let unit: Option<Arc<str>> = Some(Arc::from("Cel"));
+    let points: Vec<(Arc<str>, Arc<str>)> = (0..series)
+        .map(|i| {
+            (
+                Arc::from(format!("dev-{}", i / 100)),
+                Arc::from(format!("p-{}", i % 100)),
+            )
+        })
+        .collect();
+    for round in 0..10i64 {
+        let mut batch: Vec<Reading> = points
+            .iter()
+            .map(|(d, p)| {
+                reading(
+                    d,
+                    p,
+                    now - (10 - round) * 1_000_000_000,
+                    round as f64,
+                    &unit,
+                    &source,
+                )
+            })
+            .collect();
+        writer.commit(&mut batch)?;
+    }
+    let (trend_d, trend_p): (Arc<str>, Arc<str>) = (Arc::from("trend"), Arc::from("t"));
+    let day = 86_400i64;
+    let start = now - day * 1_000_000_000;
+    for chunk in (0..day).collect::<Vec<_>>().chunks(20_000) {
+        let mut batch: Vec<Reading> = chunk
+            .iter()
+            .map(|s| {
+                reading(
+                    &trend_d,
+                    &trend_p,
+                    start + s * 1_000_000_000,
+                    (*s as f64 / 600.0).sin(),
+                    &unit,
+                    &source,
+                )
+            })
+            .collect();
+        writer.commit(&mut batch)?;
+    }
+    drop(writer);
+    let reader = StoreReader::open(&db)?;
+    let latest = time_it(20, || reader.latest(None).map(|r| r.len()))?;
+    let agg = time_it(20, || {
+        reader
+            .aggregate("trend", "t", start, now, 60_000_000_000)
+            .map(|b| b.len())
+    })?;
+    let range = time_it(20, || {
+        reader
+            .range("trend", "t", start, now, 1000, None)
+            .map(|p| p.readings.len())
+    })?;
+    println!(
+        "latest of all series      {} rows   median {}   max {}",
+        latest.0,
+        format_duration(latest.1),
+        format_duration(latest.2)
+    );
+    println!(
+        "24 h aggregate, 1 m       {} buckets  median {}   max {}",
+        agg.0,
+        format_duration(agg.1),
+        format_duration(agg.2)
+    );
+    println!(
+        "range page of 1000        {} rows   median {}   max {}",
+        range.0,
+        format_duration(range.1),
+        format_duration(range.2)
+    );
+    Ok(())
+}
+
+fn reading(
+    device: &Arc<str>,
+    point: &Arc<str>,
+    ts: i64,
+    v: f64,
+    unit: &Option<Arc<str>>,
+    source: &Arc<str>,
+) -> Reading {
+    Reading {
+        device: device.clone(),
+        point: point.clone(),
+        ts,
+        value: Value::F64(v),
+        unit: unit.clone(),
+        quality: Quality::Good,
+        seq: 0,
+        source: source.clone(),
+    }
+}
+
+/// (result of the last run, median, max) over `runs` runs.
+fn time_it<T>(
+    runs: usize,
+    mut f: impl FnMut() -> Result<T, biota_gateway::store::StoreError>,
+) -> anyhow::Result<(T, Duration, Duration)> {
+    let mut times = Vec::with_capacity(runs);
+    let mut last = None;
+    for _ in 0..runs {
+        let t = Instant::now();
+        last = Some(f()?);
+        times.push(t.elapsed());
+    }
+    times.sort();
+    Ok((last.context("no runs")?, times[runs / 2], times[runs - 1]))
+}
+
+fn ready(dir: &Path, size: &str) -> anyhow::Result<()> {
+    let size = parse_size(size).map_err(anyhow::Error::msg)?;
+    let db = dir.join("ready.db");
+    println!(
+        "\n## ready: start to READY=1 with an existing database of {} MB",
+        size / 1_000_000
+    );
+    let store = StoreConfig {
+        synchronous: Synchronous::Normal,
+        ..StoreConfig::default()
+    };
+    {
+        let mut writer = StoreWriter::open(&db, &store, Arc::new(Metrics::new()))?;
+        let built = Instant::now();
+        let source: Arc<str> = Arc::from("sim://bench");
+        let points: Vec<(Arc<str>, Arc<str>)> = (0..1000)
+            .map(|i| {
+                (
+                    Arc::from(format!("dev-{}", i / 100)),
+                    Arc::from(format!("p-{}", i % 100)),
+                )
+            })
+            .collect();
+        let mut ts = now_ns() - 86_400_000_000_000;
+        while writer.used_bytes()? < size {
+            for _ in 0..10 {
+                ts += 1_000_000_000;
+                let mut batch: Vec<Reading> = points
+                    .iter()
+                    .map(|(d, p)| reading(d, p, ts, 1.5, &None, &source))
+                    .collect();
+                writer.commit(&mut batch)?;
+            }
+        }
+        println!(
+            "built {:.0} MB in {}",
+            file_mb(&db),
+            format_duration(built.elapsed())
+        );
+    }
+    let config = dir.join("ready.toml");
+    std::fs::write(
+        &config,
+        "[store]\npath = \"ready.db\"\n[store.retention]\nmax_size = \"off\"\n[[drivers.sim.devices]]\nid = \"d\"\npoints = [{ name = \"p\", waveform = \"sine\", rate = 100 }]\n",
+    )?;
+    let exe = std::env::current_exe()?;
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        times.push(time_to_ready(&exe, &config, dir)?);
+    }
+    times.sort();
+    println!(
+        "READY after   median {}   max {}   (5 starts, process spawn included)",
+        format_duration(times[2]),
+        format_duration(times[4])
+    );
+    Ok(())
+}
+
+/// Spawns `run` with a notify socket of our own and times READY=1.
+fn time_to_ready(exe: &Path, config: &Path, dir: &Path) -> anyhow::Result<Duration> {
+    use std::os::unix::net::UnixDatagram;
+    let socket_path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&socket_path);
+    let socket = UnixDatagram::bind(&socket_path)?;
+    socket.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let started = Instant::now();
+    let mut child = std::process::Command::new(exe)
+        .args(["run", "--config"])
+        .arg(config)
+        .arg("--state-dir")
+        .arg(dir)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("BIOTA_LOG", "warn")
+        .spawn()?;
+    let mut buf = [0u8; 4096];
+    let result = loop {
+        match socket.recv(&mut buf) {
+            Ok(n)
+                if String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .any(|l| l == "READY=1") =>
+            {
+                break Ok(started.elapsed());
+            }
+            Ok(_) => continue,
+            Err(e) => break Err(anyhow::anyhow!("no READY=1 within 30 s: {e}")),
+        }
+    };
+    // A clean stop (SIGTERM), so the next start does not begin with WAL recovery.
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()?;
+    child.wait()?;
+    result
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn file_mb(path: &Path) -> f64 {
+    std::fs::metadata(path)
+        .map(|m| m.len() as f64 / 1e6)
+        .unwrap_or(0.0)
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_owned())
+}

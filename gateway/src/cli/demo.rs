@@ -1,0 +1,194 @@
+//! `biota-gateway demo`: the gateway on simulated devices in a temporary
+//! state directory, with a live view of what it does, then a summary and
+//! example queries.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use biota_gateway::config::GatewayConfig;
+use biota_gateway::store::StoreReader;
+use biota_gateway::systemd::status_line;
+use biota_gateway::time::{format_duration, now_ns, parse_duration};
+use biota_gateway::{Gateway, metrics::Metrics};
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use super::query::{Format, print_buckets, print_readings};
+use super::{Failure, stop_on_signal, thousands};
+
+/// The demo's configuration.
+pub const DEMO_CONFIG: &str = include_str!("../../../config/demo.toml");
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// How long to run (Ctrl-C stops earlier).
+    #[arg(long, default_value = "30s")]
+    duration: String,
+    /// Keep the data in this directory instead of a temporary one.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Use this configuration instead of the built-in demo one.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let duration = parse_duration(&args.duration)
+        .map_err(anyhow::Error::msg)
+        .context("--duration")?;
+    let config = match &args.config {
+        Some(file) => GatewayConfig::load(file),
+        None => GatewayConfig::from_toml(Path::new("config/demo.toml (built in)"), DEMO_CONFIG),
+    }
+    .map_err(Failure::from)?;
+    let temp;
+    let dir = match &args.state_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            temp = tempfile::Builder::new().prefix("biota-demo-").tempdir()?;
+            temp.path().to_owned()
+        }
+    };
+    let db = config.db_path(&dir);
+    let rate: f64 = config.drivers.sim.as_ref().map_or(0.0, |s| s.total_rate());
+    println!("BIOTA Edge gateway demo");
+    println!("  state directory  {}", dir.display());
+    println!(
+        "  simulated        {} devices, {:.0} samples/s configured",
+        config.drivers.devices("drivers").len(),
+        rate
+    );
+    println!(
+        "  running for      {} (Ctrl-C stops)\n",
+        format_duration(duration)
+    );
+
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let gateway = Gateway::start(&config, &db, shutdown.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    let ready_after = started.elapsed();
+    let metrics = gateway.metrics().clone();
+    let live = tokio::spawn(show_live(metrics.clone(), shutdown.clone(), duration));
+    let _ = live.await;
+    shutdown.cancel();
+    let report = gateway.stopped().await;
+    let elapsed = started.elapsed();
+
+    let s = metrics.snapshot();
+    let db_size = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
+    println!("\nSummary");
+    println!("  ready after      {}", format_duration(ready_after));
+    println!("  ran for          {}", format_duration(elapsed));
+    println!(
+        "  committed        {} readings in {} group commits ({:.0} readings/s)",
+        thousands(s.committed),
+        thousands(s.commits),
+        s.committed as f64 / elapsed.as_secs_f64()
+    );
+    println!("  seq              1..={}", thousands(s.last_seq));
+    println!(
+        "  rejected         {}   deadband-filtered {}   uncommitted at exit {}",
+        s.rejected, s.filtered, report.writer.lost
+    );
+    println!(
+        "  database         {} ({} MB)",
+        db.display(),
+        db_size / 1_000_000
+    );
+
+    let reader = StoreReader::open(&db).map_err(Failure::from)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "\nExample: biota-gateway query latest --device press-1"
+    )?;
+    print_readings(
+        &mut out,
+        Format::Table,
+        &reader.latest(Some("press-1")).map_err(Failure::from)?,
+    )?;
+    let now = now_ns();
+    writeln!(
+        out,
+        "\nExample: biota-gateway query aggregate --device press-1 --point oil_temperature --bucket 5s --from -30s"
+    )?;
+    let buckets = reader
+        .aggregate(
+            "press-1",
+            "oil_temperature",
+            now - 30_000_000_000,
+            now,
+            5_000_000_000,
+        )
+        .map_err(Failure::from)?;
+    print_buckets(&mut out, Format::Table, &buckets)?;
+    if args.state_dir.is_some() {
+        writeln!(
+            out,
+            "\nThe data stays in {}; query it with\n  biota-gateway query --db {} latest",
+            dir.display(),
+            db.display()
+        )?;
+    }
+    Ok(if report.writer.lost > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn show_live(metrics: Arc<Metrics>, shutdown: CancellationToken, duration: Duration) {
+    let tty = std::io::stdout().is_terminal();
+    let deadline = tokio::time::Instant::now() + duration;
+    let mut earlier = metrics.snapshot();
+    let mut earlier_devices: HashMap<Arc<str>, u64> = HashMap::new();
+    let mut drawn = 0;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep_until(deadline) => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let now = metrics.snapshot();
+        let secs = now.at_ms.saturating_sub(earlier.at_ms).max(1) as f64 / 1000.0;
+        let mut lines = vec![format!(
+            "[{:>4}s] {}",
+            now.at_ms / 1000,
+            status_line(&now, &earlier)
+        )];
+        if tty {
+            let devices = metrics.device_counts();
+            for (device, total) in devices.iter().take(14) {
+                let before = earlier_devices.get(device).copied().unwrap_or(0);
+                lines.push(format!(
+                    "        {device:<16} {:>9.0}/s  {:>13} total",
+                    (total - before) as f64 / secs,
+                    thousands(*total)
+                ));
+            }
+            if devices.len() > 14 {
+                lines.push(format!("        … and {} more devices", devices.len() - 14));
+            }
+            earlier_devices = devices.into_iter().collect();
+        }
+        let mut out = std::io::stdout().lock();
+        if tty && drawn > 0 {
+            // Redraw in place: up to the first line of the last frame.
+            let _ = write!(out, "\x1b[{drawn}A");
+        }
+        for line in &lines {
+            let _ = writeln!(out, "{}{line}", if tty { "\x1b[2K" } else { "" });
+        }
+        let _ = out.flush();
+        drawn = lines.len();
+        earlier = now;
+    }
+}

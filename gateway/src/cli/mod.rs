@@ -1,0 +1,53 @@
+//! The binary's subcommands beyond `run`: `query` (output formats),
+//! `demo` (live terminal view) and `bench` (the benchmark command).
+
+pub mod bench;
+pub mod demo;
+pub mod query;
+
+use tokio_util::sync::CancellationToken;
+
+/// Failures that map to dedicated exit codes.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error(transparent)]
+    Config(#[from] biota_gateway::config::ConfigError),
+    #[error(transparent)]
+    Store(#[from] biota_gateway::store::StoreError),
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT, telling systemd we stop.
+pub async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the gateway with SIGKILL");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+        () = shutdown.cancelled() => return,
+    };
+    tracing::info!(
+        signal = name,
+        "shutting down: stopping drivers, committing what is in flight"
+    );
+    biota_gateway::systemd::stopping();
+    shutdown.cancel();
+}
+
+/// `12,345,678`
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

@@ -1,0 +1,285 @@
+//! `biota-gateway query`: latest values, ranges and aggregates from the
+//! store, as an aligned table, CSV or JSON.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use biota_gateway::config::{GatewayConfig, state_dir};
+use biota_gateway::store::{Bucket, Cursor, StoreReader};
+use biota_gateway::time::{format_rfc3339, now_ns, parse_duration, parse_time_arg};
+use biota_gateway::{Reading, Value};
+use clap::{Args, Subcommand, ValueEnum};
+
+use super::Failure;
+
+#[derive(Args)]
+pub struct QueryArgs {
+    /// Configuration file, to find the database (`[store] path`).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// State directory (default: $STATE_DIRECTORY, else /var/lib/biota).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// The database file itself (overrides --config and --state-dir).
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum What {
+    /// The latest reading of every series.
+    Latest {
+        /// Only this device.
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Readings of one point in a time range, oldest first, a page at a time.
+    Range {
+        #[arg(long)]
+        device: String,
+        #[arg(long)]
+        point: String,
+        /// Start (inclusive): now, -15m, RFC 3339 or nanoseconds.
+        #[arg(long, default_value = "-1h", allow_hyphen_values = true)]
+        from: String,
+        /// End (exclusive).
+        #[arg(long, default_value = "now", allow_hyphen_values = true)]
+        to: String,
+        /// Readings per page.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Continue after this cursor (printed on stderr after a full page).
+        #[arg(long)]
+        cursor: Option<Cursor>,
+    },
+    /// min, max, avg, count, first and last of one point per time bucket.
+    Aggregate {
+        #[arg(long)]
+        device: String,
+        #[arg(long)]
+        point: String,
+        /// Bucket width, e.g. 1s, 1m, 1h.
+        #[arg(long, default_value = "1m")]
+        bucket: String,
+        #[arg(long, default_value = "-24h", allow_hyphen_values = true)]
+        from: String,
+        #[arg(long, default_value = "now", allow_hyphen_values = true)]
+        to: String,
+    },
+}
+
+pub fn run(args: QueryArgs) -> anyhow::Result<()> {
+    let db = match &args.db {
+        Some(db) => db.clone(),
+        None => {
+            let config = match &args.config {
+                Some(file) => GatewayConfig::load(file).map_err(Failure::from)?,
+                None => GatewayConfig::default(),
+            };
+            config.db_path(&state_dir(args.state_dir.as_deref()))
+        }
+    };
+    let reader = StoreReader::open(&db).map_err(Failure::from)?;
+    let now = now_ns();
+    let time = |s: &str| parse_time_arg(s, now).map_err(anyhow::Error::msg);
+    let mut out = std::io::stdout().lock();
+    match args.what {
+        What::Latest { device } => {
+            let readings = reader.latest(device.as_deref()).map_err(Failure::from)?;
+            print_readings(&mut out, args.format, &readings)?;
+        }
+        What::Range {
+            device,
+            point,
+            from,
+            to,
+            limit,
+            cursor,
+        } => {
+            let page = reader
+                .range(&device, &point, time(&from)?, time(&to)?, limit, cursor)
+                .map_err(Failure::from)?;
+            print_readings(&mut out, args.format, &page.readings)?;
+            if let Some(next) = page.next {
+                eprintln!("next cursor: {next}");
+            }
+        }
+        What::Aggregate {
+            device,
+            point,
+            bucket,
+            from,
+            to,
+        } => {
+            let width = parse_duration(&bucket)
+                .map_err(anyhow::Error::msg)
+                .context("--bucket")?;
+            let width = i64::try_from(width.as_nanos()).context("--bucket is too long")?;
+            let buckets = reader
+                .aggregate(&device, &point, time(&from)?, time(&to)?, width)
+                .map_err(Failure::from)?;
+            print_buckets(&mut out, args.format, &buckets)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+const READING_COLUMNS: [&str; 8] = [
+    "device", "point", "time", "value", "unit", "quality", "seq", "source",
+];
+const BUCKET_COLUMNS: [&str; 7] = ["start", "count", "min", "max", "avg", "first", "last"];
+
+fn reading_cells(r: &Reading) -> [String; 8] {
+    [
+        r.device.to_string(),
+        r.point.to_string(),
+        format_rfc3339(r.ts),
+        r.value.to_string(),
+        r.unit.as_deref().unwrap_or("").to_owned(),
+        r.quality.as_str().to_owned(),
+        r.seq.to_string(),
+        r.source.to_string(),
+    ]
+}
+
+fn reading_json(r: &Reading) -> serde_json::Value {
+    let value = match &r.value {
+        Value::Bool(b) => serde_json::json!(b),
+        Value::I64(i) => serde_json::json!(i),
+        Value::F64(f) => serde_json::json!(f),
+        Value::Text(t) => serde_json::json!(t),
+        Value::Bytes(_) => serde_json::json!(r.value.to_string()),
+    };
+    serde_json::json!({
+        "device": &*r.device,
+        "point": &*r.point,
+        "ts": r.ts,
+        "time": format_rfc3339(r.ts),
+        "value": value,
+        "kind": r.value.kind().as_str(),
+        "unit": r.unit.as_deref(),
+        "quality": r.quality.as_str(),
+        "seq": r.seq,
+        "source": &*r.source,
+    })
+}
+
+pub fn print_readings(
+    out: &mut impl Write,
+    format: Format,
+    readings: &[Reading],
+) -> anyhow::Result<()> {
+    match format {
+        Format::Json => {
+            let rows: Vec<_> = readings.iter().map(reading_json).collect();
+            serde_json::to_writer_pretty(&mut *out, &rows)?;
+            writeln!(out)?;
+        }
+        _ => {
+            let rows: Vec<Vec<String>> =
+                readings.iter().map(|r| reading_cells(r).to_vec()).collect();
+            print_rows(out, format, &READING_COLUMNS, &rows)?;
+        }
+    }
+    Ok(())
+}
+
+pub fn print_buckets(
+    out: &mut impl Write,
+    format: Format,
+    buckets: &[Bucket],
+) -> anyhow::Result<()> {
+    match format {
+        Format::Json => {
+            let rows: Vec<_> = buckets
+                .iter()
+                .map(|b| {
+                    let mut v = serde_json::to_value(b).unwrap_or_default();
+                    v["time"] = serde_json::json!(format_rfc3339(b.start));
+                    v
+                })
+                .collect();
+            serde_json::to_writer_pretty(&mut *out, &rows)?;
+            writeln!(out)?;
+        }
+        _ => {
+            let rows: Vec<Vec<String>> = buckets
+                .iter()
+                .map(|b| {
+                    vec![
+                        format_rfc3339(b.start),
+                        b.count.to_string(),
+                        format!("{}", b.min),
+                        format!("{}", b.max),
+                        format!("{:.6}", b.avg),
+                        format!("{}", b.first),
+                        format!("{}", b.last),
+                    ]
+                })
+                .collect();
+            print_rows(out, format, &BUCKET_COLUMNS, &rows)?;
+        }
+    }
+    Ok(())
+}
+
+fn print_rows(
+    out: &mut impl Write,
+    format: Format,
+    header: &[&str],
+    rows: &[Vec<String>],
+) -> anyhow::Result<()> {
+    if format == Format::Csv {
+        writeln!(out, "{}", header.join(","))?;
+        for row in rows {
+            let cells: Vec<String> = row.iter().map(|c| csv_cell(c)).collect();
+            writeln!(out, "{}", cells.join(","))?;
+        }
+        return Ok(());
+    }
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| -> String {
+        cells
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    writeln!(out, "{}", line(&mut header.iter().copied()))?;
+    for row in rows {
+        writeln!(out, "{}", line(&mut row.iter().map(String::as_str)))?;
+    }
+    if rows.is_empty() {
+        writeln!(out, "(no rows)")?;
+    }
+    Ok(())
+}
+
+fn csv_cell(cell: &str) -> String {
+    if cell.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", cell.replace('"', "\"\""))
+    } else {
+        cell.to_owned()
+    }
+}

@@ -1,0 +1,730 @@
+//! The gateway's one TOML configuration file: its types (every field
+//! documented with its default; `config/gateway.toml` is the commented
+//! sample), loading, and validation. Every error names the file, the key
+//! path, the line and the reason; the binary exits with
+//! [`EXIT_CONFIG`] on any of them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use biota_drivers::DriversConfig;
+use serde::Deserialize;
+
+use crate::cdm::{self, ValueKind};
+use crate::time::serde_duration;
+
+/// Exit code for a configuration error (sysexits' EX_CONFIG). The unit
+/// file lists it in `RestartPreventExitStatus=` so a bad config is not
+/// restarted in a loop.
+pub const EXIT_CONFIG: i32 = 78;
+
+/// The sample configuration, also printed by `print-default-config`.
+pub const SAMPLE_CONFIG: &str = include_str!("../../config/gateway.toml");
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// `[store]`: the SQLite database. Defaults: see [`StoreConfig`].
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// `[pipeline]`: channels and shutdown. Defaults: see [`PipelineConfig`].
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    /// `[log]`: logging. Defaults: see [`LogConfig`].
+    #[serde(default)]
+    pub log: LogConfig,
+    /// `[profiles.<name>]`: device profiles that normalize raw samples.
+    /// Default: none.
+    #[serde(default)]
+    pub profiles: BTreeMap<String, ProfileConfig>,
+    /// `[drivers.<protocol>]`: southbound drivers. Default: none.
+    #[serde(default)]
+    pub drivers: DriversConfig,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Database file. A relative path is taken relative to the state
+    /// directory (`--state-dir`, else `$STATE_DIRECTORY`, else
+    /// `/var/lib/biota`). Default: `gateway.db`.
+    #[serde(default = "default_db_path")]
+    pub path: PathBuf,
+    /// `full`: a committed reading survives a power cut (an fsync per
+    /// group commit). `normal`: it survives a crash of the gateway but the
+    /// last commits may be lost on power loss. Default: `full`.
+    #[serde(default)]
+    pub synchronous: Synchronous,
+    /// A group commit happens once this many readings wait. Default: 20000.
+    #[serde(default = "default_commit_max_readings")]
+    pub commit_max_readings: usize,
+    /// ... or once the oldest waiting reading is this old. Default: `50ms`.
+    #[serde(default = "default_commit_max_delay", with = "serde_duration")]
+    pub commit_max_delay: Duration,
+    /// SQLite page cache of the writer, in MiB. Default: 8.
+    #[serde(default = "default_cache_mib")]
+    pub cache_mib: u32,
+    /// `[store.retention]`. Defaults: see [`RetentionConfig`].
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+/// `[store.retention]`: what is deleted, oldest first.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Delete readings committed longer ago than this (e.g. `90d`).
+    /// Default: unset (no age limit).
+    #[serde(default, with = "serde_duration::option")]
+    pub max_age: Option<Duration>,
+    /// Delete the oldest readings while the data in the database exceeds
+    /// this size (e.g. `2GiB`, `500MB`). Default: `1GiB`.
+    #[serde(default = "default_max_size", deserialize_with = "deserialize_size")]
+    pub max_size: Option<u64>,
+    /// How often retention runs. Default: `60s`.
+    #[serde(default = "default_retention_interval", with = "serde_duration")]
+    pub check_interval: Duration,
+}
+
+/// SQLite's `synchronous` setting for the WAL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    #[default]
+    Full,
+    Normal,
+}
+
+/// `[pipeline]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Batches each bounded channel holds (driver → normalizer →
+    /// writer). A full channel makes the stage before it wait. Default: 64.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+    /// Longest wait for the pipeline to drain on shutdown. Default: `30s`.
+    #[serde(default = "default_shutdown_timeout", with = "serde_duration")]
+    pub shutdown_timeout: Duration,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug` or `trace`, optionally with
+    /// per-module levels (`info,biota_gateway::store=debug`). The
+    /// `BIOTA_LOG` environment variable overrides it. Default: `info`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+/// `[profiles.<name>]`: how a kind of device's raw samples become readings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileConfig {
+    /// `device`: use the device's timestamp when it sent one, else the
+    /// ingest time. `ingest`: always the ingest time. Default: `device`.
+    #[serde(default)]
+    pub timestamp: TimestampRule,
+    /// What happens to points the profile does not list: `accept` (kept
+    /// under their raw name and type) or `reject` (counted as
+    /// `unmapped_point`). Default: `accept`.
+    #[serde(default)]
+    pub unmapped: Unmapped,
+    /// `[profiles.<name>.points.<raw point>]`: per-point rules. Default: none.
+    #[serde(default)]
+    pub points: BTreeMap<String, PointProfile>,
+}
+
+/// Where a reading's timestamp comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimestampRule {
+    #[default]
+    Device,
+    Ingest,
+}
+
+/// What to do with points a profile does not list.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unmapped {
+    #[default]
+    Accept,
+    Reject,
+}
+
+/// `[profiles.<name>.points.<raw point>]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PointProfile {
+    /// The point's name in the CDM. Default: the raw name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `bool`, `i64`, `f64`, `text` or `bytes`. Default: the raw value's
+    /// own type (unsigned integers become i64).
+    #[serde(default, rename = "type")]
+    pub kind: Option<ValueKind>,
+    /// Multiplier applied to numeric values (`value * scale + offset`).
+    /// Default: 1.
+    #[serde(default = "one")]
+    pub scale: f64,
+    /// Added after scaling. Default: 0.
+    #[serde(default)]
+    pub offset: f64,
+    /// SenML / UCUM unit code, e.g. `Cel`, `kW`, `m3/h`. Default: none.
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// A numeric reading within this absolute distance of the last stored
+    /// one (same quality) is dropped. Default: 0 (store every change).
+    #[serde(default)]
+    pub deadband: f64,
+}
+
+fn default_db_path() -> PathBuf {
+    PathBuf::from("gateway.db")
+}
+fn default_commit_max_readings() -> usize {
+    20_000
+}
+fn default_commit_max_delay() -> Duration {
+    Duration::from_millis(50)
+}
+fn default_cache_mib() -> u32 {
+    8
+}
+fn default_max_size() -> Option<u64> {
+    Some(1 << 30)
+}
+fn default_retention_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_queue_capacity() -> usize {
+    64
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn one() -> f64 {
+    1.0
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: default_db_path(),
+            synchronous: Synchronous::Full,
+            commit_max_readings: default_commit_max_readings(),
+            commit_max_delay: default_commit_max_delay(),
+            cache_mib: default_cache_mib(),
+            retention: RetentionConfig::default(),
+        }
+    }
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            max_age: None,
+            max_size: default_max_size(),
+            check_interval: default_retention_interval(),
+        }
+    }
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            queue_capacity: default_queue_capacity(),
+            shutdown_timeout: default_shutdown_timeout(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: default_log_level(),
+        }
+    }
+}
+
+/// `"2GiB"`, `"500MB"`, `"64KiB"`, a plain integer of bytes, or `"off"`.
+fn deserialize_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bytes(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Bytes(n) => Ok(Some(n)),
+        Raw::Text(s) if s == "off" => Ok(None),
+        Raw::Text(s) => parse_size(&s).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Parses a size like `2GiB`, `500MB`, `64KiB` or `1024`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: u64 = s[..split]
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like 2GiB, 500MB or 1048576"))?;
+    let mult: u64 = match s[split..].trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        other => {
+            return Err(format!(
+                "`{s}`: unknown size unit `{other}` (B, KB, MB, GB, KiB, MiB, GiB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Key path, e.g. `drivers.sim.devices[0].points[1].rate`; empty for
+    /// the whole file.
+    pub key: String,
+    /// 1-based line of the key in the file, when it is there.
+    pub line: Option<usize>,
+    pub reason: String,
+}
+
+/// Everything wrong with a configuration file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, issue) in self.issues.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}", self.file.display())?;
+            if let Some(line) = issue.line {
+                write!(f, ":{line}")?;
+            }
+            if !issue.key.is_empty() {
+                write!(f, ": {}", issue.key)?;
+            }
+            write!(f, ": {}", issue.reason)?;
+        }
+        Ok(())
+    }
+}
+
+impl GatewayConfig {
+    /// Reads, parses and validates `file`.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.to_owned(),
+            issues: vec![ConfigIssue {
+                key: String::new(),
+                line: None,
+                reason: format!("cannot read the configuration file: {e}"),
+            }],
+        })?;
+        Self::from_toml(file, &text)
+    }
+
+    /// Parses and validates configuration text; `file` names it in errors.
+    pub fn from_toml(file: &Path, text: &str) -> Result<Self, ConfigError> {
+        let fail = |issues| ConfigError {
+            file: file.to_owned(),
+            issues,
+        };
+        let located = toml::de::DeTable::parse(text).map_err(|e| {
+            fail(vec![ConfigIssue {
+                key: String::new(),
+                line: e.span().map(|s| line_of(text, s.start)),
+                reason: format!("invalid TOML: {}", e.message().trim()),
+            }])
+        })?;
+        let deserializer = toml::de::Deserializer::parse(text).map_err(|e| {
+            fail(vec![ConfigIssue {
+                key: String::new(),
+                line: e.span().map(|s| line_of(text, s.start)),
+                reason: format!("invalid TOML: {}", e.message().trim()),
+            }])
+        })?;
+        let config: Self = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = match e.path().to_string() {
+                p if p == "." => String::new(),
+                p => p,
+            };
+            let line = e
+                .inner()
+                .span()
+                .map(|s| line_of(text, s.start))
+                .or_else(|| find_line(text, located.get_ref(), &key));
+            fail(vec![ConfigIssue {
+                key,
+                line,
+                reason: e.inner().message().trim().to_owned(),
+            }])
+        })?;
+        let issues: Vec<ConfigIssue> = config
+            .validate()
+            .into_iter()
+            .map(|(key, reason)| ConfigIssue {
+                line: find_line(text, located.get_ref(), &key),
+                key,
+                reason,
+            })
+            .collect();
+        if issues.is_empty() {
+            Ok(config)
+        } else {
+            Err(fail(issues))
+        }
+    }
+
+    /// Cross-field rules serde's types cannot express, as (key path, reason).
+    fn validate(&self) -> Vec<(String, String)> {
+        let mut errors = Vec::new();
+        let mut err = |key: String, reason: String| errors.push((key, reason));
+
+        let store = &self.store;
+        if !(1..=1_000_000).contains(&store.commit_max_readings) {
+            err(
+                "store.commit_max_readings".into(),
+                format!("must be 1..=1000000, got {}", store.commit_max_readings),
+            );
+        }
+        if store.commit_max_delay < Duration::from_millis(1)
+            || store.commit_max_delay > Duration::from_secs(10)
+        {
+            err(
+                "store.commit_max_delay".into(),
+                "must be between 1ms and 10s".into(),
+            );
+        }
+        if !(1..=4096).contains(&store.cache_mib) {
+            err(
+                "store.cache_mib".into(),
+                format!("must be 1..=4096, got {}", store.cache_mib),
+            );
+        }
+        if store.path.as_os_str().is_empty() {
+            err("store.path".into(), "must not be empty".into());
+        }
+        if let Some(size) = store.retention.max_size
+            && size < 1 << 20
+        {
+            err(
+                "store.retention.max_size".into(),
+                format!("must be at least 1MiB, got {size} bytes"),
+            );
+        }
+        if store
+            .retention
+            .max_age
+            .is_some_and(|a| a < Duration::from_secs(60))
+        {
+            err(
+                "store.retention.max_age".into(),
+                "must be at least 1m".into(),
+            );
+        }
+        if store.retention.check_interval < Duration::from_secs(1) {
+            err(
+                "store.retention.check_interval".into(),
+                "must be at least 1s".into(),
+            );
+        }
+        if !(1..=65_536).contains(&self.pipeline.queue_capacity) {
+            err(
+                "pipeline.queue_capacity".into(),
+                format!("must be 1..=65536, got {}", self.pipeline.queue_capacity),
+            );
+        }
+        if let Err(e) = self
+            .log
+            .level
+            .parse::<tracing_subscriber::filter::Targets>()
+        {
+            err(
+                "log.level".into(),
+                format!("`{}` is not a log filter: {e}", self.log.level),
+            );
+        }
+
+        for (name, profile) in &self.profiles {
+            let mut renamed: HashMap<&str, &str> = HashMap::new();
+            for (raw, point) in &profile.points {
+                let key = format!("profiles.{name}.points.{raw}");
+                let cdm_name = point.name.as_deref().unwrap_or(raw);
+                if let Err(e) = cdm::validate_point(cdm_name) {
+                    let field = if point.name.is_some() { ".name" } else { "" };
+                    err(format!("{key}{field}"), e.to_string());
+                }
+                if let Some(other) = renamed.insert(cdm_name, raw) {
+                    err(
+                        format!("{key}.name"),
+                        format!("raw points `{other}` and `{raw}` both map to point `{cdm_name}`"),
+                    );
+                }
+                if let Some(unit) = &point.unit
+                    && let Err(e) = cdm::validate_unit(unit)
+                {
+                    err(format!("{key}.unit"), e.to_string());
+                }
+                if !point.scale.is_finite() || point.scale == 0.0 {
+                    err(
+                        format!("{key}.scale"),
+                        format!("must be finite and non-zero, got {}", point.scale),
+                    );
+                }
+                if !point.offset.is_finite() {
+                    err(
+                        format!("{key}.offset"),
+                        format!("must be finite, got {}", point.offset),
+                    );
+                }
+                if !point.deadband.is_finite() || point.deadband < 0.0 {
+                    err(
+                        format!("{key}.deadband"),
+                        format!("must be 0 or positive, got {}", point.deadband),
+                    );
+                }
+                let numeric = !matches!(point.kind, Some(ValueKind::Text | ValueKind::Bytes));
+                if !numeric && (point.scale != 1.0 || point.offset != 0.0 || point.deadband != 0.0)
+                {
+                    err(
+                        format!("{key}.type"),
+                        "scale, offset and deadband apply to numbers only, not to text or bytes"
+                            .into(),
+                    );
+                }
+            }
+        }
+
+        if let Err(driver_errors) = self.drivers.validate("drivers") {
+            for e in driver_errors {
+                err(e.key_path, e.reason);
+            }
+        }
+        for binding in self.drivers.devices("drivers") {
+            if let Err(e) = cdm::validate_device(&binding.device) {
+                err(format!("{}.id", binding.key_path), e.to_string());
+            }
+            if let Some(profile) = &binding.profile
+                && !self.profiles.contains_key(profile)
+            {
+                let known: Vec<&str> = self.profiles.keys().map(String::as_str).collect();
+                err(
+                    format!("{}.profile", binding.key_path),
+                    format!(
+                        "profile `{profile}` is not defined (defined: {})",
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+            }
+        }
+        // Copies of one device entry repeat the same error: report it once.
+        errors.dedup();
+        errors
+    }
+
+    /// The database file for a state directory.
+    pub fn db_path(&self, state_dir: &Path) -> PathBuf {
+        state_dir.join(&self.store.path)
+    }
+}
+
+/// The state directory: `--state-dir`, else systemd's `$STATE_DIRECTORY`,
+/// else `/var/lib/biota`.
+pub fn state_dir(cli: Option<&Path>) -> PathBuf {
+    if let Some(dir) = cli {
+        return dir.to_owned();
+    }
+    match std::env::var_os("STATE_DIRECTORY") {
+        // systemd may pass several, colon-separated; ours is the first.
+        Some(dirs) if !dirs.is_empty() => {
+            PathBuf::from(dirs.to_string_lossy().split(':').next().unwrap_or_default())
+        }
+        _ => PathBuf::from("/var/lib/biota"),
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// The line of a key path like `drivers.sim.devices[1].points[0].rate`,
+/// or of its closest ancestor that is in the file.
+fn find_line(text: &str, root: &toml::de::DeTable<'_>, key: &str) -> Option<usize> {
+    use toml::de::DeValue;
+    let mut table = Some(root);
+    let mut best = None;
+    for segment in key.split('.').filter(|s| !s.is_empty()) {
+        let (name, indexes) = match segment.find('[') {
+            Some(i) => (&segment[..i], &segment[i..]),
+            None => (segment, ""),
+        };
+        let Some((k, mut value)) = table?.iter().find(|(k, _)| k.get_ref() == name) else {
+            break;
+        };
+        best = Some(line_of(text, k.span().start));
+        for index in indexes.split(['[', ']']).filter(|s| !s.is_empty()) {
+            let item = match (value.get_ref(), index.parse::<usize>()) {
+                (DeValue::Array(items), Ok(i)) => items.get(i),
+                _ => None,
+            };
+            let Some(item) = item else { return best };
+            value = item;
+            best = Some(line_of(text, value.span().start));
+        }
+        table = match value.get_ref() {
+            DeValue::Table(t) => Some(t),
+            _ => None,
+        };
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<GatewayConfig, ConfigError> {
+        GatewayConfig::from_toml(Path::new("test.toml"), text)
+    }
+
+    fn issues(text: &str) -> Vec<(String, Option<usize>, String)> {
+        load(text)
+            .expect_err("invalid config")
+            .issues
+            .into_iter()
+            .map(|i| (i.key, i.line, i.reason))
+            .collect()
+    }
+
+    #[test]
+    fn the_sample_config_is_valid_and_documents_defaults() {
+        let config = load(SAMPLE_CONFIG).expect("config/gateway.toml is valid");
+        assert_eq!(config.store.commit_max_readings, 20_000);
+        assert_eq!(config.store.commit_max_delay, Duration::from_millis(50));
+        assert!(config.drivers.sim.is_some());
+        // An empty file is a valid configuration too: every field has a default.
+        let empty = load("").expect("empty config is valid");
+        assert_eq!(empty.store.retention.max_size, Some(1 << 30));
+        assert_eq!(empty.store.synchronous, Synchronous::Full);
+    }
+
+    #[test]
+    fn unknown_key_names_path_and_line() {
+        let found = issues("[store]\ncommit_max_delay = \"10ms\"\ncomit_max_readings = 5\n");
+        assert_eq!(found.len(), 1);
+        let (key, line, reason) = &found[0];
+        assert_eq!(key, "store.comit_max_readings");
+        assert_eq!(*line, Some(3));
+        assert!(reason.contains("comit_max_readings"), "{reason}");
+    }
+
+    #[test]
+    fn bad_value_names_path_and_line() {
+        let found = issues("[store]\n\ncommit_max_delay = \"soon\"\n");
+        assert_eq!(found[0].0, "store.commit_max_delay");
+        assert_eq!(found[0].1, Some(3));
+        assert!(found[0].2.contains("`soon`"), "{}", found[0].2);
+
+        let found = issues("[store.retention]\nmax_size = \"12 parsecs\"\n");
+        assert_eq!(found[0].0, "store.retention.max_size");
+        assert_eq!(found[0].1, Some(2));
+    }
+
+    #[test]
+    fn invalid_toml_names_the_line() {
+        let found = issues("[store]\npath = \"x.db\"\ncache_mib = = 3\n");
+        assert_eq!(found[0].1, Some(3));
+        assert!(found[0].2.starts_with("invalid TOML"));
+    }
+
+    #[test]
+    fn cross_field_rules_name_path_and_line() {
+        let text = r#"
+[profiles.press.points.temp_raw]
+name = "bad name"
+scale = 0
+
+[[drivers.sim.devices]]
+id = "press-1"
+profile = "pres"
+points = [{ name = "temp_raw", waveform = "sine" }]
+
+[[drivers.sim.devices]]
+id = "press 2"
+points = [
+  { name = "a", waveform = "sine" },
+  { name = "b", waveform = "sine", rate = -1 },
+]
+"#;
+        let found = issues(text);
+        let keys: Vec<(&str, Option<usize>)> =
+            found.iter().map(|(k, l, _)| (k.as_str(), *l)).collect();
+        assert_eq!(
+            keys,
+            [
+                ("profiles.press.points.temp_raw.name", Some(3)),
+                ("profiles.press.points.temp_raw.scale", Some(4)),
+                ("drivers.sim.devices[1].points[1].rate", Some(15)),
+                ("drivers.sim.devices[0].profile", Some(8)),
+                ("drivers.sim.devices[1].id", Some(12)),
+            ]
+        );
+        assert!(
+            found[3]
+                .2
+                .contains("`pres` is not defined (defined: press)")
+        );
+    }
+
+    #[test]
+    fn error_display_is_file_line_key_reason() {
+        let e = load("[pipeline]\nqueue_capacity = 0\n").expect_err("invalid");
+        assert_eq!(
+            e.to_string(),
+            "test.toml:2: pipeline.queue_capacity: must be 1..=65536, got 0"
+        );
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("500MB"), Ok(500_000_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+    }
+}

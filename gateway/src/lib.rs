@@ -1,0 +1,36 @@
+//! The BIOTA Edge gateway's core: everything between the drivers and the
+//! outside world.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`cdm`] | the Common Data Model: `Reading`, validation, canonical encoding, leaf hash |
+//! | [`config`] | the TOML configuration: types, defaults, loading, validation, errors with lines |
+//! | [`normalize`] | device profiles: raw samples → readings |
+//! | [`store`] | SQLite: schema, the one writer, retention, queries |
+//! | [`pipeline`] | wiring drivers → normalizer → writer, shutdown order |
+//! | [`metrics`] | the pipeline's counters |
+//! | [`systemd`] | readiness, status and the watchdog over `$NOTIFY_SOCKET` |
+//! | [`time`] | RFC 3339 and duration parsing/formatting |
+//!
+//! The binary (`src/main.rs`, `src/cli/`) is glue: command line, logging,
+//! the demo and the benchmarks.
+//!
+//! *Architecture invariant:* this crate depends on `biota-drivers`, never
+//! the other way round.
+
+pub mod cdm;
+pub mod config;
+pub mod metrics;
+pub mod normalize;
+pub mod pipeline;
+pub mod store;
+pub mod systemd;
+pub mod time;
+
+pub use cdm::{Quality, Reading, Value, ValueKind};
+pub use config::GatewayConfig;
+pub use pipeline::Gateway;
+
+/// Exit code when the store cannot be opened or written at start
+/// (sysexits' EX_IOERR): disk full, read-only state directory, corrupt file.
+pub const EXIT_STORE: i32 = 74;

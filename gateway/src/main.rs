@@ -1,0 +1,178 @@
+//! `biota-gateway`: the command line. Glue only — parsing arguments,
+//! logging, and calling the library; see `lib.rs` for where things live.
+
+mod cli;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use biota_gateway::config::{EXIT_CONFIG, GatewayConfig, SAMPLE_CONFIG};
+use biota_gateway::{EXIT_STORE, Gateway, pipeline::StartError, systemd};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "biota-gateway",
+    version,
+    about = "BIOTA Edge gateway: ingest, normalize, store and anchor factory device data"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (what the systemd unit starts).
+    Run {
+        /// Configuration file.
+        #[arg(long, short, default_value = "/etc/biota/gateway.toml")]
+        config: PathBuf,
+        /// State directory (default: $STATE_DIRECTORY, else /var/lib/biota).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Validate a configuration file without starting anything.
+    CheckConfig {
+        /// Configuration file.
+        file: PathBuf,
+    },
+    /// Print the commented sample configuration with every default.
+    PrintDefaultConfig,
+    /// Query stored readings.
+    Query(cli::query::QueryArgs),
+    /// Run the gateway on simulated devices in a temporary directory and
+    /// show what it does.
+    Demo(cli::demo::DemoArgs),
+    /// Measure ingest, memory, queries and start-up on this machine.
+    Bench(cli::bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => match GatewayConfig::load(&file) {
+            Ok(config) => {
+                let devices = config.drivers.devices("drivers").len();
+                println!(
+                    "{}: valid ({} profile(s), {devices} device(s))",
+                    file.display(),
+                    config.profiles.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(EXIT_CONFIG as u8)
+            }
+        },
+        Command::PrintDefaultConfig => {
+            print!("{SAMPLE_CONFIG}");
+            ExitCode::SUCCESS
+        }
+        Command::Run { config, state_dir } => {
+            let config = match GatewayConfig::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(EXIT_CONFIG as u8);
+                }
+            };
+            init_logging(&config.log.level);
+            let state_dir = biota_gateway::config::state_dir(state_dir.as_deref());
+            let db_path = config.db_path(&state_dir);
+            exit(runtime().map(|rt| rt.block_on(run(config, db_path))))
+        }
+        Command::Query(args) => exit(cli::query::run(args).map(|()| ExitCode::SUCCESS)),
+        Command::Demo(args) => {
+            init_logging("warn");
+            exit(runtime().and_then(|rt| rt.block_on(cli::demo::run(args))))
+        }
+        Command::Bench(args) => {
+            init_logging("warn");
+            exit(runtime().and_then(|rt| rt.block_on(cli::bench::run(args))))
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Prints an error chain and maps it to an exit code.
+fn exit(result: anyhow::Result<ExitCode>) -> ExitCode {
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            let code = match e.downcast_ref::<cli::Failure>() {
+                Some(cli::Failure::Config(_)) => EXIT_CONFIG,
+                Some(cli::Failure::Store(_)) => EXIT_STORE,
+                None => 1,
+            };
+            ExitCode::from(code as u8)
+        }
+    }
+}
+
+/// Logs to stderr; under systemd the journal adds timestamps, so we don't.
+fn init_logging(level: &str) {
+    let filter = std::env::var("BIOTA_LOG").unwrap_or_else(|_| level.to_owned());
+    let targets: tracing_subscriber::filter::Targets = filter.parse().unwrap_or_else(|_| {
+        tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
+    });
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let registry = tracing_subscriber::registry().with(targets);
+    if journal {
+        registry.with(fmt.without_time().with_ansi(false)).init();
+    } else {
+        registry.with(fmt).init();
+    }
+}
+
+/// `run`: start, signal readiness, run until SIGTERM/SIGINT, drain, exit.
+async fn run(config: GatewayConfig, db_path: PathBuf) -> ExitCode {
+    let shutdown = CancellationToken::new();
+    let gateway = match Gateway::start(&config, &db_path, shutdown.clone()).await {
+        Ok(g) => g,
+        Err(e) => return start_failed(&e, &db_path),
+    };
+    systemd::ready(&format!("running, store {}", db_path.display()));
+    tracing::info!("gateway ready");
+    tokio::spawn(systemd::supervise(
+        gateway.metrics().clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(cli::stop_on_signal(shutdown.clone()));
+    let metrics = gateway.metrics().clone();
+    let report = gateway.stopped().await;
+    let snapshot = metrics.snapshot();
+    tracing::info!(
+        committed = snapshot.committed,
+        last_seq = snapshot.last_seq,
+        rejected = snapshot.rejected,
+        lost = report.writer.lost,
+        "gateway stopped"
+    );
+    if report.timed_out || report.writer.lost > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn start_failed(e: &StartError, db_path: &Path) -> ExitCode {
+    tracing::error!(path = %db_path.display(), "cannot start: {e}");
+    match e {
+        StartError::Store(_) => ExitCode::from(EXIT_STORE as u8),
+        StartError::Thread(_) => ExitCode::FAILURE,
+    }
+}

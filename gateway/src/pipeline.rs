@@ -1,0 +1,166 @@
+//! Assembles and runs the data path:
+//!
+//! ```text
+//! drivers ─► SampleBatch ─► normalizer ─► Vec<Reading> ─► store writer (own thread)
+//! ```
+//!
+//! Every channel is bounded ([`biota_drivers::batch_channel`]), so a slow
+//! writer makes the normalizer wait and the normalizer makes drivers wait.
+//!
+//! Shutdown order, driven by one cancellation token: drivers stop and drop
+//! their senders → the normalizer drains its queue and drops its sender →
+//! the writer commits everything it received and ends. [`Gateway::stopped`]
+//! waits for that, bounded by `pipeline.shutdown_timeout`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use biota_drivers::{BatchSender, SampleSource, batch_channel, sample_channel, sim::SimDriver};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cdm::Reading;
+use crate::config::GatewayConfig;
+use crate::metrics::Metrics;
+use crate::normalize::Normalizer;
+use crate::store::writer::WriterReport;
+use crate::store::{StoreError, StoreWriter, WriterHandle};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot start the store writer thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// How the pipeline ended.
+#[derive(Debug, Clone)]
+pub struct StopReport {
+    pub writer: WriterReport,
+    /// The drain did not finish within `pipeline.shutdown_timeout`.
+    pub timed_out: bool,
+}
+
+/// The running pipeline.
+pub struct Gateway {
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    writer: WriterHandle,
+    shutdown_timeout: std::time::Duration,
+}
+
+impl Gateway {
+    /// Opens the store and starts the writer, the normalizer and every
+    /// configured driver. Returns once all of them run: the moment to
+    /// signal readiness. Cancelling `shutdown` stops them in order.
+    pub async fn start(
+        config: &GatewayConfig,
+        db_path: &Path,
+        shutdown: CancellationToken,
+    ) -> Result<Self, StartError> {
+        let capacity = config.pipeline.queue_capacity;
+        let (reading_tx, reading_rx) = batch_channel::<Vec<Reading>>(capacity);
+        let (sample_tx, sample_rx) = sample_channel(capacity);
+        let metrics = Arc::new(Metrics::with_queues(
+            sample_rx.depth_gauge(),
+            reading_rx.depth_gauge(),
+        ));
+        let writer = {
+            let (path, store, metrics) =
+                (db_path.to_owned(), config.store.clone(), metrics.clone());
+            tokio::task::spawn_blocking(move || StoreWriter::open(&path, &store, metrics))
+                .await
+                .map_err(|e| StartError::Thread(std::io::Error::other(e)))??
+        };
+        tracing::info!(
+            path = %db_path.display(),
+            next_seq = writer.next_seq(),
+            "store open"
+        );
+        let writer = writer
+            .spawn(reading_rx, &config.store)
+            .map_err(StartError::Thread)?;
+
+        let tasks = TaskTracker::new();
+        let normalizer = Normalizer::new(config, metrics.clone());
+        tasks.spawn(run_normalizer(normalizer, sample_rx, reading_tx));
+        if let Some(sim) = config.drivers.sim.clone() {
+            tasks.spawn(SimDriver::new(sim, sample_tx.clone()).run(shutdown.clone()));
+        }
+        drop(sample_tx);
+        tasks.close();
+        Ok(Self {
+            metrics,
+            shutdown,
+            tasks,
+            writer,
+            shutdown_timeout: config.pipeline.shutdown_timeout,
+        })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Waits until the pipeline has stopped (after the shutdown token is
+    /// cancelled) and everything in flight is committed, or the shutdown
+    /// timeout passed.
+    pub async fn stopped(self) -> StopReport {
+        self.shutdown.cancelled().await;
+        let writer = self.writer;
+        let tasks = self.tasks;
+        let drain = async move {
+            tasks.wait().await;
+            tokio::task::spawn_blocking(move || writer.join())
+                .await
+                .unwrap_or_default()
+        };
+        match tokio::time::timeout(self.shutdown_timeout, drain).await {
+            Ok(writer) => StopReport {
+                writer,
+                timed_out: false,
+            },
+            Err(_) => {
+                let snapshot = self.metrics.snapshot();
+                tracing::error!(
+                    uncommitted = snapshot.in_flight(),
+                    timeout = ?self.shutdown_timeout,
+                    "shutdown timed out before everything was committed"
+                );
+                StopReport {
+                    writer: WriterReport {
+                        committed: snapshot.committed,
+                        next_seq: snapshot.last_seq + 1,
+                        lost: snapshot.in_flight(),
+                    },
+                    timed_out: true,
+                }
+            }
+        }
+    }
+}
+
+async fn run_normalizer(
+    mut normalizer: Normalizer,
+    mut input: SampleSource,
+    output: BatchSender<Vec<Reading>>,
+) {
+    while let Some(batch) = input.recv().await {
+        let mut readings = Vec::with_capacity(batch.samples.len());
+        normalizer.normalize(batch, &mut readings);
+        if readings.is_empty() {
+            continue;
+        }
+        if output.send(readings).await.is_err() {
+            tracing::error!("the store writer stopped; the normalizer stops too");
+            return;
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! Queries, each on a reader's own connection and each answered from an
+//! index (the tests check the query plans):
+//! - latest value per series (the `latest` table, maintained by the writer),
+//! - a time range of one series with a limit and a cursor,
+//! - bucketed aggregates (min, max, avg, count, first, last) of one series.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OptionalExtension, Row};
+use serde::Serialize;
+
+use super::{StoreError, schema, sql_err};
+use crate::cdm::{Quality, Reading, Value, ValueKind};
+
+/// Latest readings, optionally of one device.
+pub const LATEST_SQL: &str =
+    "SELECT s.device, s.point, r.seq, r.ts, r.flags, r.value, l.unit, l.source
+     FROM series s
+     JOIN latest x ON x.series = s.id
+     JOIN readings r ON r.seq = x.seq
+     JOIN labels l ON l.id = r.label
+     WHERE ?1 IS NULL OR s.device = ?1
+     ORDER BY s.device, s.point";
+
+/// One page of a series' readings after a cursor, in (ts, seq) order.
+pub const RANGE_SQL: &str = "SELECT r.seq, r.ts, r.flags, r.value, l.unit, l.source
+     FROM readings r JOIN labels l ON l.id = r.label
+     WHERE r.series = ?1 AND (r.ts, r.seq) > (?2, ?3) AND r.ts < ?4
+     ORDER BY r.ts, r.seq
+     LIMIT ?5";
+
+/// A series' values in a time range, in time order, for aggregation.
+pub const AGGREGATE_SQL: &str = "SELECT ts, value FROM readings
+     WHERE series = ?1 AND ts >= ?2 AND ts < ?3
+     ORDER BY ts, seq";
+
+const SERIES_SQL: &str = "SELECT id FROM series WHERE device = ?1 AND point = ?2";
+
+/// Where a range query continues: after (ts, seq).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub ts: i64,
+    pub seq: u64,
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.ts, self.seq)
+    }
+}
+
+impl FromStr for Cursor {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not a cursor (it looks like 1767225600000000000.42)");
+        let (ts, seq) = s.rsplit_once('.').ok_or_else(bad)?;
+        Ok(Self {
+            ts: ts.parse().map_err(|_| bad())?,
+            seq: seq.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// One page of a range query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub readings: Vec<Reading>,
+    /// Set when more readings may follow.
+    pub next: Option<Cursor>,
+}
+
+/// Aggregates of one time bucket. Buckets with no readings are omitted.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Bucket {
+    /// Start of the bucket (UTC ns), a multiple of the bucket width.
+    pub start: i64,
+    pub count: u64,
+    pub min: f64,
+    pub max: f64,
+    pub avg: f64,
+    pub first: f64,
+    pub last: f64,
+}
+
+/// A read-only view of the store on its own connection.
+pub struct StoreReader {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl StoreReader {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Ok(Self {
+            conn: schema::open_for_read(path)?,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The latest reading of every series (of `device`, if given).
+    pub fn latest(&self, device: Option<&str>) -> Result<Vec<Reading>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(LATEST_SQL)
+            .map_err(sql_err(&self.path, "preparing the latest query"))?;
+        let mut rows = stmt
+            .query([device])
+            .map_err(sql_err(&self.path, "querying latest values"))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows
+            .next()
+            .map_err(sql_err(&self.path, "reading latest values"))?
+        {
+            let device: Arc<str> = Arc::from(row_str(row, 0, &self.path)?);
+            let point: Arc<str> = Arc::from(row_str(row, 1, &self.path)?);
+            out.push(self.reading(row, 2, device, point)?);
+        }
+        Ok(out)
+    }
+
+    fn series_id(&self, device: &str, point: &str) -> Result<Option<i64>, StoreError> {
+        self.conn
+            .prepare_cached(SERIES_SQL)
+            .and_then(|mut s| s.query_row([device, point], |r| r.get(0)).optional())
+            .map_err(sql_err(&self.path, "looking up a series"))
+    }
+
+    /// Readings of one series with `from <= ts < to`, after `cursor`, at
+    /// most `limit` of them.
+    pub fn range(
+        &self,
+        device: &str,
+        point: &str,
+        from: i64,
+        to: i64,
+        limit: usize,
+        cursor: Option<Cursor>,
+    ) -> Result<Page, StoreError> {
+        let Some(series) = self.series_id(device, point)? else {
+            return Ok(Page {
+                readings: Vec::new(),
+                next: None,
+            });
+        };
+        // (from, -1) < (ts, seq) for every ts >= from: the first page.
+        let (after_ts, after_seq) = match cursor {
+            Some(c) if c.ts >= from => (c.ts, c.seq as i64),
+            _ => (from, -1),
+        };
+        let limit = limit.max(1);
+        let mut stmt = self
+            .conn
+            .prepare_cached(RANGE_SQL)
+            .map_err(sql_err(&self.path, "preparing the range query"))?;
+        let mut rows = stmt
+            .query(rusqlite::params![
+                series,
+                after_ts,
+                after_seq,
+                to,
+                limit as i64
+            ])
+            .map_err(sql_err(&self.path, "querying a range"))?;
+        let device: Arc<str> = Arc::from(device);
+        let point: Arc<str> = Arc::from(point);
+        let mut readings = Vec::new();
+        while let Some(row) = rows
+            .next()
+            .map_err(sql_err(&self.path, "reading a range"))?
+        {
+            readings.push(self.reading(row, 0, device.clone(), point.clone())?);
+        }
+        let next = (readings.len() == limit)
+            .then(|| {
+                readings.last().map(|r| Cursor {
+                    ts: r.ts,
+                    seq: r.seq,
+                })
+            })
+            .flatten();
+        Ok(Page { readings, next })
+    }
+
+    /// Aggregates of one numeric series in buckets of `bucket_ns`.
+    pub fn aggregate(
+        &self,
+        device: &str,
+        point: &str,
+        from: i64,
+        to: i64,
+        bucket_ns: i64,
+    ) -> Result<Vec<Bucket>, StoreError> {
+        let bucket_ns = bucket_ns.max(1);
+        let Some(series) = self.series_id(device, point)? else {
+            return Ok(Vec::new());
+        };
+        let mut stmt = self
+            .conn
+            .prepare_cached(AGGREGATE_SQL)
+            .map_err(sql_err(&self.path, "preparing the aggregate query"))?;
+        let mut rows = stmt
+            .query([series, from, to])
+            .map_err(sql_err(&self.path, "querying aggregates"))?;
+        let mut out: Vec<Bucket> = Vec::new();
+        let mut sum = 0.0;
+        while let Some(row) = rows
+            .next()
+            .map_err(sql_err(&self.path, "reading aggregates"))?
+        {
+            let ts: i64 = row
+                .get(0)
+                .map_err(sql_err(&self.path, "reading aggregates"))?;
+            let v = match row
+                .get_ref(1)
+                .map_err(sql_err(&self.path, "reading aggregates"))?
+            {
+                ValueRef::Integer(i) => i as f64,
+                ValueRef::Real(f) => f,
+                // Text and bytes have no numeric aggregates: skip them.
+                _ => continue,
+            };
+            let start = ts - ts.rem_euclid(bucket_ns);
+            match out.last_mut() {
+                Some(b) if b.start == start => {
+                    b.count += 1;
+                    b.min = b.min.min(v);
+                    b.max = b.max.max(v);
+                    b.last = v;
+                    sum += v;
+                }
+                _ => {
+                    if let Some(b) = out.last_mut() {
+                        b.avg = sum / b.count as f64;
+                    }
+                    sum = v;
+                    out.push(Bucket {
+                        start,
+                        count: 1,
+                        min: v,
+                        max: v,
+                        avg: v,
+                        first: v,
+                        last: v,
+                    });
+                }
+            }
+        }
+        if let Some(b) = out.last_mut() {
+            b.avg = sum / b.count as f64;
+        }
+        Ok(out)
+    }
+
+    /// `EXPLAIN QUERY PLAN` of a query, one line per step (for tests and
+    /// for operators checking a slow query).
+    pub fn plan(&self, sql: &str) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .map_err(sql_err(&self.path, "explaining a query"))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(3))
+            .map_err(sql_err(&self.path, "explaining a query"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sql_err(&self.path, "explaining a query"))
+    }
+
+    /// Decodes seq, ts, flags, value, unit, source starting at column `at`.
+    fn reading(
+        &self,
+        row: &Row<'_>,
+        at: usize,
+        device: Arc<str>,
+        point: Arc<str>,
+    ) -> Result<Reading, StoreError> {
+        let err = sql_err(&self.path, "decoding a reading");
+        let seq: i64 = row.get(at).map_err(err)?;
+        let corrupt = |reason: String| StoreError::Corrupt {
+            path: self.path.clone(),
+            seq,
+            reason,
+        };
+        let ts: i64 = row
+            .get(at + 1)
+            .map_err(sql_err(&self.path, "decoding a reading"))?;
+        let flags: i64 = row
+            .get(at + 2)
+            .map_err(sql_err(&self.path, "decoding a reading"))?;
+        let kind = ValueKind::from_code((flags >> 2) as u8)
+            .ok_or_else(|| corrupt(format!("flags {flags}")))?;
+        let quality = Quality::from_code((flags & 3) as u8)
+            .ok_or_else(|| corrupt(format!("flags {flags}")))?;
+        let raw = row
+            .get_ref(at + 3)
+            .map_err(sql_err(&self.path, "decoding a reading"))?;
+        let value = match (kind, raw) {
+            (ValueKind::Bool, ValueRef::Integer(i)) => Value::Bool(i != 0),
+            (ValueKind::I64, ValueRef::Integer(i)) => Value::I64(i),
+            (ValueKind::F64, ValueRef::Real(f)) => Value::F64(f),
+            (ValueKind::Text, ValueRef::Text(t)) => Value::Text(
+                String::from_utf8(t.to_vec()).map_err(|_| corrupt("text is not UTF-8".into()))?,
+            ),
+            (ValueKind::Bytes, ValueRef::Blob(b)) => Value::Bytes(b.to_vec()),
+            (kind, raw) => {
+                return Err(corrupt(format!(
+                    "a {:?} stored for a {} value",
+                    raw.data_type(),
+                    kind.as_str()
+                )));
+            }
+        };
+        let unit = row_str(row, at + 4, &self.path)?;
+        let source = row_str(row, at + 5, &self.path)?;
+        Ok(Reading {
+            device,
+            point,
+            ts,
+            value,
+            unit: (!unit.is_empty()).then(|| Arc::from(unit)),
+            quality,
+            seq: seq as u64,
+            source: Arc::from(source),
+        })
+    }
+}
+
+fn row_str<'r>(row: &'r Row<'_>, i: usize, path: &Path) -> Result<&'r str, StoreError> {
+    match row
+        .get_ref(i)
+        .map_err(sql_err(path, "decoding a reading"))?
+    {
+        ValueRef::Text(t) => std::str::from_utf8(t).map_err(|_| StoreError::Corrupt {
+            path: path.to_owned(),
+            seq: -1,
+            reason: "a name is not UTF-8".into(),
+        }),
+        other => Err(StoreError::Corrupt {
+            path: path.to_owned(),
+            seq: -1,
+            reason: format!("a name is stored as {:?}", other.data_type()),
+        }),
+    }
+}

@@ -1,0 +1,236 @@
+//! Tables, schema version and migrations.
+//!
+//! Device and point strings live once in `series`, unit and source once in
+//! `labels`; a row of `readings` holds only integers and the value. `seq`
+//! is the rowid, so the table is clustered in commit order and retention
+//! deletes a prefix. `meta.next_seq` is written in the same transaction as
+//! the readings, so `seq` survives restarts without a gap even when
+//! retention has deleted every row.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::{StoreError, sql_err};
+use crate::config::Synchronous;
+
+/// The schema version this gateway writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Migration `i` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 0 → 1
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+     CREATE TABLE series (
+         id INTEGER PRIMARY KEY,
+         device TEXT NOT NULL,
+         point TEXT NOT NULL,
+         UNIQUE (device, point)
+     );
+     CREATE TABLE labels (
+         id INTEGER PRIMARY KEY,
+         unit TEXT NOT NULL,   -- '' when the reading has no unit
+         source TEXT NOT NULL,
+         UNIQUE (unit, source)
+     );
+     -- value has no declared type on purpose: no affinity, so an integer,
+     -- a float, a text and a blob are each stored exactly as given.
+     CREATE TABLE readings (
+         seq INTEGER PRIMARY KEY,
+         series INTEGER NOT NULL,
+         ts INTEGER NOT NULL,
+         label INTEGER NOT NULL,
+         flags INTEGER NOT NULL,  -- value kind << 2 | quality
+         value
+     );
+     CREATE INDEX readings_by_series_ts ON readings (series, ts);
+     CREATE TABLE latest (series INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
+     -- all readings with seq < checkpoints.seq were committed at or before committed_at
+     CREATE TABLE checkpoints (seq INTEGER PRIMARY KEY, committed_at INTEGER NOT NULL);
+     INSERT INTO meta (key, value) VALUES ('next_seq', 1);",
+];
+
+/// Opens (creating if needed) the database for the writer, in WAL mode,
+/// migrated to [`SCHEMA_VERSION`], and proves it can be written: a full
+/// disk or a read-only directory fails here, before readiness.
+pub fn open_for_write(
+    path: &Path,
+    synchronous: Synchronous,
+    cache_mib: u32,
+) -> Result<Connection, StoreError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    let sync = match synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA busy_timeout = 1000;
+         PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = {sync};
+         PRAGMA cache_size = -{kib};
+         PRAGMA journal_size_limit = 67108864;
+         PRAGMA foreign_keys = OFF;",
+        kib = u64::from(cache_mib) * 1024
+    ))
+    .map_err(sql_err(path, "setting up WAL mode"))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .map_err(sql_err(path, "reading the journal mode"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        // SQLite silently keeps another mode when it cannot create the WAL.
+        return Err(StoreError::Sql {
+            path: path.to_owned(),
+            what: "switching to WAL mode",
+            source: rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY),
+                Some(format!("journal mode stayed `{mode}`")),
+            ),
+        });
+    }
+    migrate(&conn, path)?;
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('opened_at', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [crate::time::now_ns()],
+    )
+    .map_err(sql_err(path, "the write check at start"))?;
+    Ok(conn)
+}
+
+/// Opens an existing database for reading only.
+pub fn open_for_read(path: &Path) -> Result<Connection, StoreError> {
+    if !path.exists() {
+        return Err(StoreError::Missing {
+            path: path.to_owned(),
+        });
+    }
+    // Read-write flags without CREATE: a WAL reader needs to map the
+    // shared-memory file; query_only keeps this connection from writing.
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .or_else(|_| {
+        Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+    })
+    .map_err(|source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = 1;")
+        .map_err(sql_err(path, "setting up the reader"))?;
+    let version = user_version(&conn, path)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            path: path.to_owned(),
+            found: version,
+            known: SCHEMA_VERSION,
+        });
+    }
+    if version < SCHEMA_VERSION {
+        return Err(StoreError::Missing {
+            path: path.to_owned(),
+        });
+    }
+    Ok(conn)
+}
+
+fn user_version(conn: &Connection, path: &Path) -> Result<i64, StoreError> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sql_err(path, "reading the schema version"))
+}
+
+fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let found = user_version(conn, path)?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            path: path.to_owned(),
+            found,
+            known: SCHEMA_VERSION,
+        });
+    }
+    for (from, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let to = from + 1;
+        tracing::info!(path = %path.display(), from, to, "migrating database schema");
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {to}; COMMIT;"
+        ))
+        .map_err(|source| {
+            let _ = conn.execute_batch("ROLLBACK");
+            StoreError::Sql {
+                path: path.to_owned(),
+                what: "migrating the schema",
+                source,
+            }
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_migrates_and_refuses_newer_schemas() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sub/dir/gateway.db");
+        let conn = open_for_write(&path, Synchronous::Full, 8).expect("open");
+        assert_eq!(user_version(&conn, &path).expect("version"), SCHEMA_VERSION);
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .expect("mode");
+        assert_eq!(mode, "wal");
+        conn.execute_batch("PRAGMA user_version = 99")
+            .expect("bump");
+        drop(conn);
+        let err = open_for_write(&path, Synchronous::Full, 8).expect_err("too new");
+        assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
+        let err = open_for_read(&path).expect_err("too new");
+        assert!(err.to_string().contains("newer than this gateway"), "{err}");
+    }
+
+    #[test]
+    fn reopening_keeps_data_and_version() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("gateway.db");
+        let conn = open_for_write(&path, Synchronous::Normal, 8).expect("open");
+        conn.execute("UPDATE meta SET value = 42 WHERE key = 'next_seq'", [])
+            .expect("update");
+        drop(conn);
+        let conn = open_for_write(&path, Synchronous::Normal, 8).expect("reopen");
+        let next: i64 = conn
+            .query_row("SELECT value FROM meta WHERE key = 'next_seq'", [], |r| {
+                r.get(0)
+            })
+            .expect("next_seq");
+        assert_eq!(next, 42);
+    }
+
+    #[test]
+    fn missing_database_is_a_clear_error_for_readers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = open_for_read(&dir.path().join("nope.db")).expect_err("missing");
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+}

@@ -1,0 +1,563 @@
+//! The one writer: it owns the write connection, assigns `seq`, commits
+//! readings in groups (by count or by a short maximum delay), keeps the
+//! `latest` table current and enforces retention.
+//!
+//! It runs on its own OS thread (SQLite calls block) with a small
+//! current-thread runtime to wait on the channel and timers. While a
+//! commit fails (disk full, I/O error, lock held by another process) it
+//! keeps the batch, retries with backoff and stops reading its channel,
+//! so backpressure reaches the drivers and nothing accepted is dropped;
+//! its heartbeat stops too, so the systemd watchdog can fire.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use biota_drivers::BatchReceiver;
+use rusqlite::Connection;
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use tokio::time::Instant;
+
+use super::{StoreError, schema, sql_err};
+use crate::cdm::{Reading, Value};
+use crate::config::{RetentionConfig, StoreConfig};
+use crate::metrics::Metrics;
+use crate::time::now_ns;
+
+/// How often a checkpoint row (seq ↔ commit time) is written for
+/// age-based retention; it is the granularity of `max_age`.
+const CHECKPOINT_INTERVAL_NS: i64 = 10 * 1_000_000_000;
+/// Rows deleted per retention transaction, so ingest is never held up long.
+const RETENTION_CHUNK: i64 = 50_000;
+/// Longest pause between retries of a failing commit.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+
+/// (device, point).
+type SeriesKey = (Arc<str>, Arc<str>);
+
+/// A series' newest reading within the batch being committed.
+struct LatestUpdate {
+    ts: i64,
+    seq: u64,
+    key: SeriesKey,
+}
+
+#[derive(Debug)]
+struct SeriesEntry {
+    id: i64,
+    /// (ts, seq) of the series' latest reading; `None` until looked up.
+    latest: Option<Option<(i64, u64)>>,
+}
+
+/// Owner of the database's write connection.
+pub struct StoreWriter {
+    conn: Connection,
+    path: PathBuf,
+    next_seq: u64,
+    /// device → point → series.
+    series: HashMap<Arc<str>, HashMap<Arc<str>, SeriesEntry>>,
+    /// (unit or "", source) → label id.
+    labels: HashMap<(Arc<str>, Arc<str>), i64>,
+    retention: RetentionConfig,
+    last_checkpoint_at: i64,
+    metrics: Arc<Metrics>,
+}
+
+/// What the writer thread did, returned when it ends.
+#[derive(Debug, Clone, Default)]
+pub struct WriterReport {
+    pub committed: u64,
+    pub next_seq: u64,
+    /// Readings still uncommitted when it ended (only after a failure).
+    pub lost: u64,
+}
+
+/// The running writer thread.
+pub struct WriterHandle {
+    thread: std::thread::JoinHandle<WriterReport>,
+}
+
+impl WriterHandle {
+    /// Waits (blocking) for the thread: it ends once its channel closes
+    /// and everything received is committed.
+    pub fn join(self) -> WriterReport {
+        self.thread.join().unwrap_or_else(|_| {
+            tracing::error!("the store writer thread panicked");
+            WriterReport::default()
+        })
+    }
+}
+
+fn empty_unit() -> Arc<str> {
+    Arc::from("")
+}
+
+impl StoreWriter {
+    /// Opens the database for writing (see [`schema::open_for_write`]).
+    pub fn open(
+        path: &Path,
+        config: &StoreConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
+        let conn = schema::open_for_write(path, config.synchronous, config.cache_mib)?;
+        let next_seq: i64 = conn
+            .query_row("SELECT value FROM meta WHERE key = 'next_seq'", [], |r| {
+                r.get(0)
+            })
+            .map_err(sql_err(path, "reading next_seq"))?;
+        let next_seq = u64::try_from(next_seq).unwrap_or(1).max(1);
+        metrics.last_seq.store(next_seq - 1, Relaxed);
+        let last_checkpoint_at = conn
+            .query_row("SELECT max(committed_at) FROM checkpoints", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })
+            .map_err(sql_err(path, "reading checkpoints"))?
+            .unwrap_or(0);
+        Ok(Self {
+            conn,
+            path: path.to_owned(),
+            next_seq,
+            series: HashMap::new(),
+            labels: HashMap::new(),
+            retention: config.retention.clone(),
+            last_checkpoint_at,
+            metrics,
+        })
+    }
+
+    /// The seq the next committed reading gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Commits `readings` in one transaction, assigning consecutive seqs.
+    /// On error nothing is written, no seq is used and `readings` are
+    /// unchanged, so the same call can be retried.
+    pub fn commit(&mut self, readings: &mut [Reading]) -> Result<(), StoreError> {
+        if readings.is_empty() {
+            return Ok(());
+        }
+        let now = now_ns();
+        let mut new_series: Vec<SeriesKey> = Vec::new();
+        let mut new_labels: Vec<(Arc<str>, Arc<str>)> = Vec::new();
+        let mut latest: HashMap<i64, LatestUpdate> = HashMap::new();
+        let result = self.write_batch(readings, now, &mut new_series, &mut new_labels, &mut latest);
+        if let Err(e) = result {
+            // The transaction rolled back: forget ids it created.
+            for (device, point) in new_series {
+                if let Some(points) = self.series.get_mut(&device) {
+                    points.remove(&point);
+                }
+            }
+            for key in new_labels {
+                self.labels.remove(&key);
+            }
+            return Err(e);
+        }
+        for (i, r) in readings.iter_mut().enumerate() {
+            r.seq = self.next_seq + i as u64;
+        }
+        let n = readings.len() as u64;
+        self.next_seq += n;
+        for update in latest.into_values() {
+            let (device, point) = &update.key;
+            if let Some(entry) = self.series.get_mut(device).and_then(|p| p.get_mut(point)) {
+                entry.latest = Some(Some((update.ts, update.seq)));
+            }
+        }
+        let mut per_device: HashMap<Arc<str>, u64> = HashMap::new();
+        let mut last_device: Option<&Arc<str>> = None;
+        let mut run = 0u64;
+        for r in readings.iter() {
+            if last_device.is_some_and(|d| Arc::ptr_eq(d, &r.device) || **d == *r.device) {
+                run += 1;
+            } else {
+                if let Some(d) = last_device {
+                    *per_device.entry(d.clone()).or_default() += run;
+                }
+                last_device = Some(&r.device);
+                run = 1;
+            }
+        }
+        if let Some(d) = last_device {
+            *per_device.entry(d.clone()).or_default() += run;
+        }
+        self.metrics.add_device_counts(per_device);
+        self.metrics.committed.fetch_add(n, Relaxed);
+        self.metrics.commits.fetch_add(1, Relaxed);
+        self.metrics.last_seq.store(self.next_seq - 1, Relaxed);
+        Ok(())
+    }
+
+    fn write_batch(
+        &mut self,
+        readings: &[Reading],
+        now: i64,
+        new_series: &mut Vec<SeriesKey>,
+        new_labels: &mut Vec<(Arc<str>, Arc<str>)>,
+        latest: &mut HashMap<i64, LatestUpdate>,
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(sql_err(&path, "starting a commit"))?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO readings (seq, series, ts, label, flags, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(sql_err(&path, "preparing the insert"))?;
+            let mut seq = self.next_seq;
+            for r in readings {
+                let entry = series_entry(
+                    &tx,
+                    &path,
+                    &mut self.series,
+                    new_series,
+                    &r.device,
+                    &r.point,
+                )?;
+                let series_id = entry.id;
+                let previous = match entry.latest {
+                    Some(known) => known,
+                    None => {
+                        let known = load_latest(&tx, &path, series_id)?;
+                        entry.latest = Some(known);
+                        known
+                    }
+                };
+                let current = latest.get(&series_id).map(|u| (u.ts, u.seq)).or(previous);
+                if current.is_none_or(|(ts, _)| r.ts >= ts) {
+                    let key = (r.device.clone(), r.point.clone());
+                    latest.insert(series_id, LatestUpdate { ts: r.ts, seq, key });
+                }
+                let unit = r.unit.clone().unwrap_or_else(empty_unit);
+                let label = match self.labels.get(&(unit.clone(), r.source.clone())) {
+                    Some(id) => *id,
+                    None => {
+                        let id = label_id(&tx, &path, &unit, &r.source)?;
+                        self.labels.insert((unit.clone(), r.source.clone()), id);
+                        new_labels.push((unit, r.source.clone()));
+                        id
+                    }
+                };
+                let flags = i64::from(r.value.kind().code()) << 2 | i64::from(r.quality.code());
+                insert
+                    .execute(rusqlite::params![
+                        seq as i64,
+                        series_id,
+                        r.ts,
+                        label,
+                        flags,
+                        value_sql(&r.value)
+                    ])
+                    .map_err(sql_err(&path, "inserting readings"))?;
+                seq += 1;
+            }
+            let mut upsert = tx
+                .prepare_cached(
+                    "INSERT INTO latest (series, seq) VALUES (?1, ?2)
+                     ON CONFLICT (series) DO UPDATE SET seq = excluded.seq",
+                )
+                .map_err(sql_err(&path, "preparing the latest update"))?;
+            for (series_id, update) in latest.iter() {
+                upsert
+                    .execute([*series_id, update.seq as i64])
+                    .map_err(sql_err(&path, "updating latest values"))?;
+            }
+            tx.execute(
+                "UPDATE meta SET value = ?1 WHERE key = 'next_seq'",
+                [seq as i64],
+            )
+            .map_err(sql_err(&path, "updating next_seq"))?;
+            if now - self.last_checkpoint_at >= CHECKPOINT_INTERVAL_NS {
+                tx.execute(
+                    "INSERT OR REPLACE INTO checkpoints (seq, committed_at) VALUES (?1, ?2)",
+                    [seq as i64, now],
+                )
+                .map_err(sql_err(&path, "writing a retention checkpoint"))?;
+            }
+        }
+        tx.commit().map_err(sql_err(&path, "committing"))?;
+        if now - self.last_checkpoint_at >= CHECKPOINT_INTERVAL_NS {
+            self.last_checkpoint_at = now;
+        }
+        Ok(())
+    }
+
+    /// Deletes what retention says must go; returns how many readings.
+    pub fn enforce_retention(&mut self) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        if let Some(max_age) = self.retention.max_age {
+            let cutoff =
+                now_ns().saturating_sub(i64::try_from(max_age.as_nanos()).unwrap_or(i64::MAX));
+            let bound: Option<i64> = self
+                .conn
+                .query_row(
+                    "SELECT max(seq) FROM checkpoints WHERE committed_at <= ?1",
+                    [cutoff],
+                    |r| r.get(0),
+                )
+                .map_err(sql_err(&self.path, "reading checkpoints"))?;
+            if let Some(bound) = bound {
+                deleted += self.delete_below(bound)?;
+                self.conn
+                    .execute("DELETE FROM checkpoints WHERE seq < ?1", [bound])
+                    .map_err(sql_err(&self.path, "deleting old checkpoints"))?;
+            }
+        }
+        if let Some(max_size) = self.retention.max_size {
+            for _ in 0..64 {
+                let used = self.used_bytes()?;
+                if used <= max_size {
+                    break;
+                }
+                let oldest: Option<i64> = self
+                    .conn
+                    .query_row("SELECT min(seq) FROM readings", [], |r| r.get(0))
+                    .map_err(sql_err(&self.path, "finding the oldest reading"))?;
+                let Some(oldest) = oldest else { break };
+                let rows = self.next_seq as i64 - oldest;
+                // Rows are about the same size: delete the share that is
+                // over the limit, plus 2% so the next commits fit.
+                let share = (used - max_size) as f64 / used as f64 + 0.02;
+                let n = ((rows as f64 * share).ceil() as i64).clamp(1, rows);
+                deleted += self.delete_below(oldest + n)?;
+            }
+        }
+        if deleted > 0 {
+            self.metrics.retention_deleted.fetch_add(deleted, Relaxed);
+            tracing::info!(deleted, "retention deleted the oldest readings");
+        }
+        Ok(deleted)
+    }
+
+    /// Deletes readings with seq below `bound`, in chunks.
+    fn delete_below(&mut self, bound: i64) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        loop {
+            let oldest: Option<i64> = self
+                .conn
+                .query_row("SELECT min(seq) FROM readings", [], |r| r.get(0))
+                .map_err(sql_err(&self.path, "finding the oldest reading"))?;
+            let Some(oldest) = oldest.filter(|o| *o < bound) else {
+                return Ok(deleted);
+            };
+            let upto = bound.min(oldest + RETENTION_CHUNK);
+            deleted +=
+                self.conn
+                    .execute("DELETE FROM readings WHERE seq < ?1", [upto])
+                    .map_err(sql_err(&self.path, "deleting old readings"))? as u64;
+            self.metrics
+                .writer_heartbeat_ms
+                .store(self.metrics.uptime_ms(), Relaxed);
+        }
+    }
+
+    /// Bytes of the database's pages that hold data (free pages excluded).
+    pub fn used_bytes(&self) -> Result<u64, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT (page_count - freelist_count) * page_size
+                 FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|b| b.max(0) as u64)
+            .map_err(sql_err(&self.path, "measuring the database size"))
+    }
+
+    /// Runs the writer on its own thread until `input` closes.
+    pub fn spawn(
+        self,
+        input: BatchReceiver<Vec<Reading>>,
+        config: &StoreConfig,
+    ) -> std::io::Result<WriterHandle> {
+        let max_readings = config.commit_max_readings;
+        let max_delay = config.commit_max_delay;
+        let retention_interval = config.retention.check_interval;
+        let thread = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the store writer's runtime");
+                        return WriterReport::default();
+                    }
+                };
+                runtime.block_on(self.run(input, max_readings, max_delay, retention_interval))
+            })?;
+        Ok(WriterHandle { thread })
+    }
+
+    async fn run(
+        mut self,
+        mut input: BatchReceiver<Vec<Reading>>,
+        max_readings: usize,
+        max_delay: Duration,
+        retention_interval: Duration,
+    ) -> WriterReport {
+        let metrics = self.metrics.clone();
+        let heartbeat = || {
+            metrics
+                .writer_heartbeat_ms
+                .store(metrics.uptime_ms(), Relaxed)
+        };
+        let mut buffer: Vec<Reading> = Vec::with_capacity(max_readings.min(65_536));
+        let mut oldest: Option<Instant> = None;
+        let mut closed = false;
+        let mut retry_delay = Duration::from_millis(100);
+        // First retention pass shortly after start, not before readiness.
+        let mut next_retention = Instant::now() + Duration::from_secs(1);
+        let mut committed = 0u64;
+        heartbeat();
+        loop {
+            let due = !buffer.is_empty()
+                && (closed
+                    || buffer.len() >= max_readings
+                    || oldest.is_some_and(|t| t.elapsed() >= max_delay));
+            if due {
+                match self.commit(&mut buffer) {
+                    Ok(()) => {
+                        committed += buffer.len() as u64;
+                        buffer.clear();
+                        oldest = None;
+                        retry_delay = Duration::from_millis(100);
+                        metrics.writer_pending.store(0, Relaxed);
+                        heartbeat();
+                    }
+                    Err(e) => {
+                        metrics.write_errors.fetch_add(1, Relaxed);
+                        tracing::error!(
+                            error = %e,
+                            pending = buffer.len(),
+                            retry_in = ?retry_delay,
+                            "commit failed; keeping the readings and retrying"
+                        );
+                        // A full disk may be relieved by retention.
+                        if e.is_disk_full()
+                            && let Err(e) = self.enforce_retention()
+                        {
+                            tracing::warn!(error = %e, "retention could not free space");
+                        }
+                        tokio::time::sleep(retry_delay).await;
+                        retry_delay = (retry_delay * 2).min(MAX_RETRY_DELAY);
+                    }
+                }
+                continue;
+            }
+            if closed {
+                break;
+            }
+            if Instant::now() >= next_retention {
+                if let Err(e) = self.enforce_retention() {
+                    tracing::warn!(error = %e, "retention failed; will try again");
+                }
+                next_retention = Instant::now() + retention_interval;
+                heartbeat();
+                continue;
+            }
+            let commit_at = oldest.map(|t| t + max_delay);
+            tokio::select! {
+                batch = input.recv() => match batch {
+                    Some(batch) => {
+                        oldest.get_or_insert_with(Instant::now);
+                        buffer.extend(batch);
+                        // Take what else is already queued, up to a commit's worth.
+                        while buffer.len() < max_readings {
+                            match input.try_recv() {
+                                Some(more) => buffer.extend(more),
+                                None => break,
+                            }
+                        }
+                        metrics.writer_pending.store(buffer.len() as u64, Relaxed);
+                    }
+                    None => closed = true,
+                },
+                () = sleep_until_opt(commit_at) => {}
+                () = tokio::time::sleep(Duration::from_millis(250)) => heartbeat(),
+                () = tokio::time::sleep_until(next_retention) => {}
+            }
+        }
+        WriterReport {
+            committed,
+            next_seq: self.next_seq,
+            lost: buffer.len() as u64,
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn series_entry<'a>(
+    tx: &Connection,
+    path: &Path,
+    series: &'a mut HashMap<Arc<str>, HashMap<Arc<str>, SeriesEntry>>,
+    new_series: &mut Vec<SeriesKey>,
+    device: &Arc<str>,
+    point: &Arc<str>,
+) -> Result<&'a mut SeriesEntry, StoreError> {
+    let points = series.entry(device.clone()).or_default();
+    if !points.contains_key(point) {
+        let id: i64 = tx
+            .query_row(
+                "INSERT INTO series (device, point) VALUES (?1, ?2)
+                 ON CONFLICT (device, point) DO UPDATE SET device = excluded.device
+                 RETURNING id",
+                [&**device, &**point],
+                |r| r.get(0),
+            )
+            .map_err(sql_err(path, "registering a series"))?;
+        points.insert(point.clone(), SeriesEntry { id, latest: None });
+        new_series.push((device.clone(), point.clone()));
+    }
+    Ok(points.get_mut(point).expect("inserted above"))
+}
+
+fn label_id(tx: &Connection, path: &Path, unit: &str, source: &str) -> Result<i64, StoreError> {
+    tx.query_row(
+        "INSERT INTO labels (unit, source) VALUES (?1, ?2)
+         ON CONFLICT (unit, source) DO UPDATE SET unit = excluded.unit
+         RETURNING id",
+        [unit, source],
+        |r| r.get(0),
+    )
+    .map_err(sql_err(path, "registering a label"))
+}
+
+fn load_latest(
+    tx: &Connection,
+    path: &Path,
+    series_id: i64,
+) -> Result<Option<(i64, u64)>, StoreError> {
+    use rusqlite::OptionalExtension;
+    tx.query_row(
+        "SELECT r.ts, r.seq FROM latest l JOIN readings r ON r.seq = l.seq WHERE l.series = ?1",
+        [series_id],
+        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64)),
+    )
+    .optional()
+    .map_err(sql_err(path, "reading a latest value"))
+}
+
+fn value_sql(value: &Value) -> ToSqlOutput<'_> {
+    ToSqlOutput::Borrowed(match value {
+        Value::Bool(b) => ValueRef::Integer(i64::from(*b)),
+        Value::I64(i) => ValueRef::Integer(*i),
+        Value::F64(f) => ValueRef::Real(*f),
+        Value::Text(t) => ValueRef::Text(t.as_bytes()),
+        Value::Bytes(b) => ValueRef::Blob(b),
+    })
+}
