@@ -4,7 +4,7 @@
 //! that cannot become a valid reading is rejected with a counted reason
 //! (see [`RejectReason`]); nothing here panics on device input.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -61,7 +61,7 @@ impl Profile {
         Self {
             timestamp: TimestampRule::Device,
             unmapped: Unmapped::Accept,
-            points: HashMap::new(),
+            points: HashMap::default(),
         }
     }
 }
@@ -99,7 +99,7 @@ impl From<CdmError> for Rejection {
 
 impl Normalizer {
     pub fn new(config: &GatewayConfig, metrics: Arc<Metrics>) -> Self {
-        let profiles: HashMap<&str, Arc<Profile>> = config
+        let profiles: std::collections::HashMap<&str, Arc<Profile>> = config
             .profiles
             .iter()
             .map(|(name, p)| (name.as_str(), Arc::new(Profile::compile(p))))
@@ -116,8 +116,8 @@ impl Normalizer {
         Self {
             by_device,
             passthrough: Arc::new(Profile::passthrough()),
-            deadband_last: HashMap::new(),
-            valid_sources: HashMap::new(),
+            deadband_last: HashMap::default(),
+            valid_sources: HashMap::default(),
             metrics,
         }
     }

@@ -261,8 +261,10 @@ impl StoreReader {
             .conn
             .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
             .map_err(sql_err(&self.path, "explaining a query"))?;
+        // The plan does not depend on the values: bind NULL to every parameter.
+        let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
         let rows = stmt
-            .query_map([], |r| r.get::<_, String>(3))
+            .query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3))
             .map_err(sql_err(&self.path, "explaining a query"))?;
         rows.collect::<Result<_, _>>()
             .map_err(sql_err(&self.path, "explaining a query"))

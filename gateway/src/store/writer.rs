@@ -10,6 +10,8 @@
 //! its heartbeat stops too, so the systemd watchdog can fire.
 
 use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -37,18 +39,21 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// (device, point).
 type SeriesKey = (Arc<str>, Arc<str>);
 
-/// A series' newest reading within the batch being committed.
-struct LatestUpdate {
-    ts: i64,
-    seq: u64,
-    key: SeriesKey,
-}
-
 #[derive(Debug)]
 struct SeriesEntry {
     id: i64,
-    /// (ts, seq) of the series' latest reading; `None` until looked up.
+    /// (ts, seq) of the series' latest committed reading; `None` until
+    /// looked up in the database.
     latest: Option<Option<(i64, u64)>>,
+    /// The newest reading of the commit in progress, if it beats `latest`.
+    pending: Option<(i64, u64)>,
+}
+
+/// A label: (unit, source), interned in the `labels` table.
+#[derive(Debug)]
+struct LabelEntry {
+    unit: Option<Arc<str>>,
+    id: i64,
 }
 
 /// Owner of the database's write connection.
@@ -57,9 +62,9 @@ pub struct StoreWriter {
     path: PathBuf,
     next_seq: u64,
     /// device → point → series.
-    series: HashMap<Arc<str>, HashMap<Arc<str>, SeriesEntry>>,
-    /// (unit or "", source) → label id.
-    labels: HashMap<(Arc<str>, Arc<str>), i64>,
+    series: FxHashMap<Arc<str>, FxHashMap<Arc<str>, SeriesEntry>>,
+    /// source → its labels (a source has few units).
+    labels: FxHashMap<Arc<str>, Vec<LabelEntry>>,
     retention: RetentionConfig,
     last_checkpoint_at: i64,
     metrics: Arc<Metrics>,
@@ -90,10 +95,6 @@ impl WriterHandle {
     }
 }
 
-fn empty_unit() -> Arc<str> {
-    Arc::from("")
-}
-
 impl StoreWriter {
     /// Opens the database for writing (see [`schema::open_for_write`]).
     pub fn open(
@@ -119,8 +120,8 @@ impl StoreWriter {
             conn,
             path: path.to_owned(),
             next_seq,
-            series: HashMap::new(),
-            labels: HashMap::new(),
+            series: FxHashMap::default(),
+            labels: FxHashMap::default(),
             retention: config.retention.clone(),
             last_checkpoint_at,
             metrics,
@@ -140,19 +141,27 @@ impl StoreWriter {
             return Ok(());
         }
         let now = now_ns();
-        let mut new_series: Vec<SeriesKey> = Vec::new();
-        let mut new_labels: Vec<(Arc<str>, Arc<str>)> = Vec::new();
-        let mut latest: HashMap<i64, LatestUpdate> = HashMap::new();
-        let result = self.write_batch(readings, now, &mut new_series, &mut new_labels, &mut latest);
+        let mut created: Vec<SeriesKey> = Vec::new();
+        let mut touched: Vec<SeriesKey> = Vec::new();
+        let labels_before = self.labels.values().map(Vec::len).sum::<usize>();
+        let result = self.write_batch(readings, now, &mut created, &mut touched);
+        for (device, point) in &touched {
+            if let Some(entry) = self.series.get_mut(device).and_then(|p| p.get_mut(point)) {
+                let pending = entry.pending.take();
+                if result.is_ok() {
+                    entry.latest = Some(pending);
+                }
+            }
+        }
         if let Err(e) = result {
-            // The transaction rolled back: forget ids it created.
-            for (device, point) in new_series {
+            // The transaction rolled back: forget the ids it created.
+            for (device, point) in created {
                 if let Some(points) = self.series.get_mut(&device) {
                     points.remove(&point);
                 }
             }
-            for key in new_labels {
-                self.labels.remove(&key);
+            if self.labels.values().map(Vec::len).sum::<usize>() != labels_before {
+                self.labels.clear();
             }
             return Err(e);
         }
@@ -161,12 +170,6 @@ impl StoreWriter {
         }
         let n = readings.len() as u64;
         self.next_seq += n;
-        for update in latest.into_values() {
-            let (device, point) = &update.key;
-            if let Some(entry) = self.series.get_mut(device).and_then(|p| p.get_mut(point)) {
-                entry.latest = Some(Some((update.ts, update.seq)));
-            }
-        }
         let mut per_device: HashMap<Arc<str>, u64> = HashMap::new();
         let mut last_device: Option<&Arc<str>> = None;
         let mut run = 0u64;
@@ -195,9 +198,8 @@ impl StoreWriter {
         &mut self,
         readings: &[Reading],
         now: i64,
-        new_series: &mut Vec<SeriesKey>,
-        new_labels: &mut Vec<(Arc<str>, Arc<str>)>,
-        latest: &mut HashMap<i64, LatestUpdate>,
+        created: &mut Vec<SeriesKey>,
+        touched: &mut Vec<SeriesKey>,
     ) -> Result<(), StoreError> {
         let path = self.path.clone();
         let tx = self
@@ -211,17 +213,13 @@ impl StoreWriter {
                 )
                 .map_err(sql_err(&path, "preparing the insert"))?;
             let mut seq = self.next_seq;
+            // Consecutive readings mostly share unit and source.
+            let mut last_label: Option<(Option<Arc<str>>, Arc<str>, i64)> = None;
             for r in readings {
-                let entry = series_entry(
-                    &tx,
-                    &path,
-                    &mut self.series,
-                    new_series,
-                    &r.device,
-                    &r.point,
-                )?;
+                let entry =
+                    series_entry(&tx, &path, &mut self.series, created, &r.device, &r.point)?;
                 let series_id = entry.id;
-                let previous = match entry.latest {
+                let committed = match entry.latest {
                     Some(known) => known,
                     None => {
                         let known = load_latest(&tx, &path, series_id)?;
@@ -229,18 +227,17 @@ impl StoreWriter {
                         known
                     }
                 };
-                let current = latest.get(&series_id).map(|u| (u.ts, u.seq)).or(previous);
-                if current.is_none_or(|(ts, _)| r.ts >= ts) {
-                    let key = (r.device.clone(), r.point.clone());
-                    latest.insert(series_id, LatestUpdate { ts: r.ts, seq, key });
+                if entry.pending.or(committed).is_none_or(|(ts, _)| r.ts >= ts) {
+                    if entry.pending.is_none() {
+                        touched.push((r.device.clone(), r.point.clone()));
+                    }
+                    entry.pending = Some((r.ts, seq));
                 }
-                let unit = r.unit.clone().unwrap_or_else(empty_unit);
-                let label = match self.labels.get(&(unit.clone(), r.source.clone())) {
-                    Some(id) => *id,
-                    None => {
-                        let id = label_id(&tx, &path, &unit, &r.source)?;
-                        self.labels.insert((unit.clone(), r.source.clone()), id);
-                        new_labels.push((unit, r.source.clone()));
+                let label = match &last_label {
+                    Some((unit, source, id)) if same(unit, &r.unit) && *source == r.source => *id,
+                    _ => {
+                        let id = label_entry(&tx, &path, &mut self.labels, &r.unit, &r.source)?;
+                        last_label = Some((r.unit.clone(), r.source.clone(), id));
                         id
                     }
                 };
@@ -263,10 +260,15 @@ impl StoreWriter {
                      ON CONFLICT (series) DO UPDATE SET seq = excluded.seq",
                 )
                 .map_err(sql_err(&path, "preparing the latest update"))?;
-            for (series_id, update) in latest.iter() {
-                upsert
-                    .execute([*series_id, update.seq as i64])
-                    .map_err(sql_err(&path, "updating latest values"))?;
+            for (device, point) in touched.iter() {
+                let Some(entry) = self.series.get(device).and_then(|p| p.get(point)) else {
+                    continue;
+                };
+                if let Some((_, latest_seq)) = entry.pending {
+                    upsert
+                        .execute([entry.id, latest_seq as i64])
+                        .map_err(sql_err(&path, "updating latest values"))?;
+                }
             }
             tx.execute(
                 "UPDATE meta SET value = ?1 WHERE key = 'next_seq'",
@@ -504,12 +506,15 @@ async fn sleep_until_opt(at: Option<Instant>) {
 fn series_entry<'a>(
     tx: &Connection,
     path: &Path,
-    series: &'a mut HashMap<Arc<str>, HashMap<Arc<str>, SeriesEntry>>,
-    new_series: &mut Vec<SeriesKey>,
+    series: &'a mut FxHashMap<Arc<str>, FxHashMap<Arc<str>, SeriesEntry>>,
+    created: &mut Vec<SeriesKey>,
     device: &Arc<str>,
     point: &Arc<str>,
 ) -> Result<&'a mut SeriesEntry, StoreError> {
-    let points = series.entry(device.clone()).or_default();
+    if !series.contains_key(device) {
+        series.insert(device.clone(), FxHashMap::default());
+    }
+    let points = series.get_mut(device).expect("inserted above");
     if !points.contains_key(point) {
         let id: i64 = tx
             .query_row(
@@ -520,21 +525,54 @@ fn series_entry<'a>(
                 |r| r.get(0),
             )
             .map_err(sql_err(path, "registering a series"))?;
-        points.insert(point.clone(), SeriesEntry { id, latest: None });
-        new_series.push((device.clone(), point.clone()));
+        points.insert(
+            point.clone(),
+            SeriesEntry {
+                id,
+                latest: None,
+                pending: None,
+            },
+        );
+        created.push((device.clone(), point.clone()));
     }
     Ok(points.get_mut(point).expect("inserted above"))
 }
 
-fn label_id(tx: &Connection, path: &Path, unit: &str, source: &str) -> Result<i64, StoreError> {
-    tx.query_row(
-        "INSERT INTO labels (unit, source) VALUES (?1, ?2)
-         ON CONFLICT (unit, source) DO UPDATE SET unit = excluded.unit
-         RETURNING id",
-        [unit, source],
-        |r| r.get(0),
-    )
-    .map_err(sql_err(path, "registering a label"))
+fn same(a: &Option<Arc<str>>, b: &Option<Arc<str>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+        _ => false,
+    }
+}
+
+fn label_entry(
+    tx: &Connection,
+    path: &Path,
+    labels: &mut FxHashMap<Arc<str>, Vec<LabelEntry>>,
+    unit: &Option<Arc<str>>,
+    source: &Arc<str>,
+) -> Result<i64, StoreError> {
+    if let Some(entry) = labels
+        .get(source)
+        .and_then(|l| l.iter().find(|e| same(&e.unit, unit)))
+    {
+        return Ok(entry.id);
+    }
+    let id = tx
+        .query_row(
+            "INSERT INTO labels (unit, source) VALUES (?1, ?2)
+             ON CONFLICT (unit, source) DO UPDATE SET unit = excluded.unit
+             RETURNING id",
+            [unit.as_deref().unwrap_or(""), &**source],
+            |r| r.get(0),
+        )
+        .map_err(sql_err(path, "registering a label"))?;
+    labels.entry(source.clone()).or_default().push(LabelEntry {
+        unit: unit.clone(),
+        id,
+    });
+    Ok(id)
 }
 
 fn load_latest(

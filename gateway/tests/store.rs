@@ -1,0 +1,421 @@
+//! The store against a real SQLite file: gapless seq across restarts and
+//! failed commits, latest values, range paging, aggregates, query plans,
+//! retention, and exact round trips of every value kind.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use biota_gateway::config::{RetentionConfig, StoreConfig, Synchronous};
+use biota_gateway::metrics::Metrics;
+use biota_gateway::store::query::{AGGREGATE_SQL, LATEST_SQL, RANGE_SQL};
+use biota_gateway::store::{Cursor, StoreReader, StoreWriter};
+use biota_gateway::{Quality, Reading, Value};
+
+const T0: i64 = 1_767_225_600_000_000_000;
+const SEC: i64 = 1_000_000_000;
+
+fn reading(device: &str, point: &str, ts: i64, value: Value) -> Reading {
+    Reading {
+        device: device.into(),
+        point: point.into(),
+        ts,
+        value,
+        unit: Some("Cel".into()),
+        quality: Quality::Good,
+        seq: 0,
+        source: "sim://test".into(),
+    }
+}
+
+fn store_config() -> StoreConfig {
+    StoreConfig {
+        synchronous: Synchronous::Normal,
+        ..StoreConfig::default()
+    }
+}
+
+fn open(path: &Path) -> StoreWriter {
+    StoreWriter::open(path, &store_config(), Arc::new(Metrics::new())).expect("open writer")
+}
+
+fn all_seqs(path: &Path) -> Vec<i64> {
+    let conn = rusqlite::Connection::open(path).expect("open");
+    let mut stmt = conn
+        .prepare("SELECT seq FROM readings ORDER BY seq")
+        .expect("prepare");
+    stmt.query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
+#[test]
+fn seq_is_gapless_across_batches_and_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gateway.db");
+    let mut writer = open(&path);
+    for batch in 0..3 {
+        let mut readings: Vec<Reading> = (0..100)
+            .map(|i| reading("d", &format!("p{}", i % 7), T0 + i * SEC, Value::I64(batch)))
+            .collect();
+        writer.commit(&mut readings).expect("commit");
+        let expected: Vec<u64> = (1 + 100 * batch as u64..=100 * (batch as u64 + 1)).collect();
+        assert_eq!(readings.iter().map(|r| r.seq).collect::<Vec<_>>(), expected);
+    }
+    drop(writer);
+    let mut writer = open(&path);
+    assert_eq!(writer.next_seq(), 301);
+    let mut more = vec![reading("d", "p0", T0, Value::Bool(true))];
+    writer.commit(&mut more).expect("commit after reopen");
+    assert_eq!(more[0].seq, 301);
+    assert_eq!(all_seqs(&path), (1..=301).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_failed_commit_uses_no_seq_and_can_be_retried() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gateway.db");
+    let mut writer = open(&path);
+    writer
+        .commit(&mut [reading("d", "a", T0, Value::I64(1))])
+        .expect("first commit");
+    // Another process holds the write lock: the commit fails (after the
+    // busy timeout) and must leave no trace.
+    let blocker = rusqlite::Connection::open(&path).expect("open blocker");
+    blocker.execute_batch("BEGIN IMMEDIATE").expect("lock");
+    let mut batch = vec![
+        reading("d", "new-series", T0, Value::I64(2)),
+        reading("other", "a", T0, Value::I64(3)),
+    ];
+    let err = writer.commit(&mut batch).expect_err("locked");
+    assert!(
+        err.to_string().contains("another process holds a lock"),
+        "{err}"
+    );
+    assert!(batch.iter().all(|r| r.seq == 0));
+    blocker.execute_batch("COMMIT").expect("unlock");
+    writer.commit(&mut batch).expect("retry");
+    assert_eq!(batch.iter().map(|r| r.seq).collect::<Vec<_>>(), [2, 3]);
+    assert_eq!(all_seqs(&path), [1, 2, 3]);
+    let latest = StoreReader::open(&path)
+        .expect("reader")
+        .latest(None)
+        .expect("latest");
+    assert_eq!(
+        latest.len(),
+        3,
+        "series created by the failed commit exist after the retry"
+    );
+}
+
+#[test]
+fn latest_is_the_newest_timestamp_per_series() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gateway.db");
+    let mut writer = open(&path);
+    writer
+        .commit(&mut [
+            reading("d1", "p", T0 + 5 * SEC, Value::I64(5)),
+            reading("d1", "p", T0 + 9 * SEC, Value::I64(9)),
+            reading("d1", "p", T0 + 7 * SEC, Value::I64(7)),
+            reading("d2", "p", T0, Value::I64(0)),
+        ])
+        .expect("commit");
+    // A late reading with an older device timestamp does not replace it.
+    writer
+        .commit(&mut [reading("d1", "p", T0 + 8 * SEC, Value::I64(8))])
+        .expect("commit");
+    drop(writer);
+    // Nor does one from a later session (the writer looks the latest up).
+    let mut writer = open(&path);
+    writer
+        .commit(&mut [
+            reading("d1", "p", T0 + SEC, Value::I64(1)),
+            reading("d2", "p", T0 + SEC, Value::I64(1)),
+        ])
+        .expect("commit");
+    let reader = StoreReader::open(&path).expect("reader");
+    let latest = reader.latest(None).expect("latest");
+    let values: Vec<(&str, &Value)> = latest.iter().map(|r| (&*r.device, &r.value)).collect();
+    assert_eq!(values, [("d1", &Value::I64(9)), ("d2", &Value::I64(1))]);
+    assert_eq!(reader.latest(Some("d2")).expect("one device").len(), 1);
+}
+
+#[test]
+fn range_pages_with_a_cursor_cover_everything_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gateway.db");
+    let mut writer = open(&path);
+    // Several readings share a timestamp: the cursor must split them correctly.
+    let mut readings: Vec<Reading> = (0..25)
+        .map(|i| reading("d", "p", T0 + (i / 3) * SEC, Value::I64(i)))
+        .collect();
+    readings.push(reading("d", "other", T0, Value::I64(99)));
+    writer.commit(&mut readings).expect("commit");
+    let reader = StoreReader::open(&path).expect("reader");
+    let all = reader
+        .range("d", "p", T0, T0 + 100 * SEC, 1000, None)
+        .expect("range");
+    assert_eq!(all.readings.len(), 25);
+    assert_eq!(all.next, None);
+    let mut paged = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = reader
+            .range("d", "p", T0, T0 + 100 * SEC, 10, cursor)
+            .expect("page");
+        paged.extend(page.readings);
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(paged, all.readings);
+    // The cursor survives its text form (the CLI prints and parses it).
+    let c = Cursor { ts: T0, seq: 42 };
+    assert_eq!(c.to_string().parse::<Cursor>(), Ok(c));
+    // The end is exclusive, the start inclusive.
+    let window = reader
+        .range("d", "p", T0 + SEC, T0 + 2 * SEC, 100, None)
+        .expect("window");
+    assert_eq!(
+        window
+            .readings
+            .iter()
+            .map(|r| r.value.clone())
+            .collect::<Vec<_>>(),
+        [3, 4, 5].map(Value::I64)
+    );
+    assert!(
+        reader
+            .range("nope", "p", T0, T0 + SEC, 10, None)
+            .expect("unknown")
+            .readings
+            .is_empty()
+    );
+}
+
+#[test]
+fn aggregates_per_bucket() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gateway.db");
+    let mut writer = open(&path);
+    let mut readings: Vec<Reading> = [
+        (0, 4.0),
+        (10, 2.0),
+        (59, 6.0),
+        (60, 1.0),
+        (125, 3.0),
+        (130, 5.0),
+    ]
+    .into_iter()
+    .map(|(s, v)| reading("d", "p", T0 + s * SEC, Value::F64(v)))
+    .collect();
+    readings.push(reading(
+        "d",
+        "p",
+        T0 + 61 * SEC,
+        Value::Text("not a number".into()),
+    ));
+    writer.commit(&mut readings).expect("commit");
+    let reader = StoreReader::open(&path).expect("reader");
+    let buckets = reader
+        .aggregate("d", "p", T0, T0 + 3600 * SEC, 60 * SEC)
+        .expect("aggregate");
+    let got: Vec<(i64, u64, f64, f64, f64, f64, f64)> = buckets
+        .iter()
+        .map(|b| {
+            (
+                (b.start - T0) / SEC,
+                b.count,
+                b.min,
+                b.max,
+                b.avg,
+                b.first,
+                b.last,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (0, 3, 2.0, 6.0, 4.0, 4.0, 6.0),
+            (60, 1, 1.0, 1.0, 1.0, 1.0, 1.0),
+            (120, 2, 3.0, 5.0, 4.0, 3.0, 5.0),
+        ]
+    );
+}
+
+#[test]
+fn every_query_is_answered_from_an_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gateway.db");
+    let mut writer = open(&path);
+    let mut readings: Vec<Reading> = (0..2000)
+        .map(|i| {
+            reading(
+                &format!("d{}", i % 10),
+                &format!("p{}", i % 20),
+                T0 + i * SEC,
+                Value::I64(i),
+            )
+        })
+        .collect();
+    writer.commit(&mut readings).expect("commit");
+    let reader = StoreReader::open(&path).expect("reader");
+    for (name, sql, index) in [
+        ("latest", LATEST_SQL, "INTEGER PRIMARY KEY"),
+        ("range", RANGE_SQL, "USING INDEX readings_by_series_ts"),
+        (
+            "aggregate",
+            AGGREGATE_SQL,
+            "USING INDEX readings_by_series_ts",
+        ),
+    ] {
+        let plan = reader.plan(sql).expect("plan");
+        let text = plan.join("\n");
+        let readings_steps: Vec<&String> = plan
+            .iter()
+            .filter(|l| l.contains(" r ") || l.contains("readings"))
+            .collect();
+        assert!(
+            !readings_steps.is_empty(),
+            "{name}: readings not in plan:\n{text}"
+        );
+        for step in readings_steps {
+            assert!(step.starts_with("SEARCH"), "{name} scans readings:\n{text}");
+            assert!(step.contains(index), "{name} does not use {index}:\n{text}");
+        }
+        assert!(
+            !text.contains("TEMP B-TREE"),
+            "{name} sorts instead of reading an index in order:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn every_value_kind_round_trips_exactly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gateway.db");
+    let mut writer = open(&path);
+    let mut readings = vec![
+        reading("d", "b", T0, Value::Bool(true)),
+        reading("d", "i", T0, Value::I64(i64::MIN)),
+        reading("d", "f", T0, Value::F64(5.0)),
+        reading("d", "f2", T0, Value::F64(-1.25e-300)),
+        reading("d", "t", T0, Value::Text("12".into())),
+        reading("d", "x", T0, Value::Bytes(vec![0, 255, 7])),
+        Reading {
+            unit: None,
+            quality: Quality::Bad,
+            source: "modbus-rtu:///dev/ttyS0/3".into(),
+            ..reading("d", "n", T0 - 1, Value::I64(0))
+        },
+    ];
+    writer.commit(&mut readings).expect("commit");
+    let reader = StoreReader::open(&path).expect("reader");
+    for original in &readings {
+        let page = reader
+            .range(
+                &original.device,
+                &original.point,
+                T0 - SEC,
+                T0 + SEC,
+                10,
+                None,
+            )
+            .expect("range");
+        assert_eq!(page.readings, std::slice::from_ref(original));
+        assert_eq!(page.readings[0].leaf_hash(), original.leaf_hash());
+    }
+}
+
+#[test]
+fn retention_by_size_deletes_the_oldest_and_seq_continues() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gateway.db");
+    let config = StoreConfig {
+        retention: RetentionConfig {
+            max_size: Some(2 << 20),
+            ..RetentionConfig::default()
+        },
+        ..store_config()
+    };
+    let metrics = Arc::new(Metrics::new());
+    let mut writer = StoreWriter::open(&path, &config, metrics.clone()).expect("open");
+    for round in 0..20 {
+        let mut batch: Vec<Reading> = (0..5000)
+            .map(|i| {
+                reading(
+                    "d",
+                    &format!("p{}", i % 50),
+                    T0 + (round * 5000 + i) * SEC,
+                    Value::F64(i as f64 + 0.5),
+                )
+            })
+            .collect();
+        writer.commit(&mut batch).expect("commit");
+    }
+    assert!(
+        writer.used_bytes().expect("size") > 2 << 20,
+        "the test must overfill"
+    );
+    let deleted = writer.enforce_retention().expect("retention");
+    assert!(deleted > 0);
+    assert!(writer.used_bytes().expect("size") <= 2 << 20);
+    let seqs = all_seqs(&path);
+    assert_eq!(
+        *seqs.last().expect("rows left"),
+        100_000,
+        "the newest are kept"
+    );
+    assert_eq!(
+        seqs.len() as i64,
+        100_000 - seqs[0] + 1,
+        "what is left is one gapless range"
+    );
+    assert_eq!(
+        metrics
+            .retention_deleted
+            .load(std::sync::atomic::Ordering::Relaxed),
+        deleted
+    );
+    let mut next = vec![reading("d", "p0", T0, Value::I64(1))];
+    writer.commit(&mut next).expect("commit");
+    assert_eq!(next[0].seq, 100_001);
+}
+
+#[test]
+fn retention_by_age_uses_commit_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gateway.db");
+    let config = StoreConfig {
+        retention: RetentionConfig {
+            max_age: Some(Duration::from_secs(3600)),
+            max_size: None,
+            ..RetentionConfig::default()
+        },
+        ..store_config()
+    };
+    let mut writer = StoreWriter::open(&path, &config, Arc::new(Metrics::new())).expect("open");
+    let mut old: Vec<Reading> = (0..10)
+        .map(|i| reading("d", "p", T0 + i, Value::I64(i)))
+        .collect();
+    writer.commit(&mut old).expect("commit");
+    // Pretend that commit happened two hours ago.
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    conn.execute(
+        "UPDATE checkpoints SET committed_at = committed_at - 7200000000000",
+        [],
+    )
+    .expect("age the checkpoint");
+    let mut new: Vec<Reading> = (0..5)
+        .map(|i| reading("d", "p", T0 + 100 + i, Value::I64(i)))
+        .collect();
+    writer.commit(&mut new).expect("commit");
+    assert_eq!(writer.enforce_retention().expect("retention"), 10);
+    assert_eq!(all_seqs(&path), (11..=15).collect::<Vec<_>>());
+    // Nothing newer than max_age goes.
+    assert_eq!(writer.enforce_retention().expect("retention"), 0);
+}
