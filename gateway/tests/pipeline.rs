@@ -96,7 +96,7 @@ async fn a_stalled_writer_applies_backpressure_not_memory_growth() {
         later.in_flight()
     );
     assert!(
-        later.accepted - during.accepted <= bound as u64,
+        later.accepted - during.accepted <= bound,
         "the normalizer kept accepting: {} more",
         later.accepted - during.accepted
     );
