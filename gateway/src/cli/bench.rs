@@ -41,6 +41,9 @@ enum Bench {
         /// `full` (fsync per group commit) or `normal`.
         #[arg(long, default_value = "full")]
         synchronous: String,
+        /// The writer's page cache (`[store] cache_mib`).
+        #[arg(long, default_value_t = 64)]
+        cache_mib: u32,
     },
     /// Resident memory at a steady rate.
     Memory {
@@ -85,7 +88,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             duration,
             series,
             synchronous,
-        } => ingest(&dir, &duration, series, &synchronous).await?,
+            cache_mib,
+        } => ingest(&dir, &duration, series, &synchronous, cache_mib).await?,
         Bench::Memory {
             duration,
             rate,
@@ -96,7 +100,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Bench::All => {
             query(&dir, 10_000)?;
             memory(&dir, "30s", 10_000, 1000).await?;
-            ingest(&dir, "60s", 1000, "full").await?;
+            ingest(&dir, "60s", 1000, "full", 64).await?;
             ready(&dir, "1GiB")?;
         }
     }
@@ -125,7 +129,13 @@ points = [{{ name = "p", copies = 100, waveform = "counter", rate = {rate} }}]
     GatewayConfig::from_toml(Path::new("bench.toml"), &text).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-async fn ingest(dir: &Path, duration: &str, series: u32, synchronous: &str) -> anyhow::Result<()> {
+async fn ingest(
+    dir: &Path,
+    duration: &str,
+    series: u32,
+    synchronous: &str,
+    cache_mib: u32,
+) -> anyhow::Result<()> {
     let duration = parse_duration(duration).map_err(anyhow::Error::msg)?;
     let sync = match synchronous {
         "full" => "full",
@@ -137,13 +147,13 @@ async fn ingest(dir: &Path, duration: &str, series: u32, synchronous: &str) -> a
         series,
         5_000_000.0,
         &format!(
-            "[store]\nsynchronous = \"{sync}\"\ncommit_max_readings = 100000\ncommit_max_delay = \"100ms\"\npath = \"ingest.db\""
+            "[store]\nsynchronous = \"{sync}\"\ncache_mib = {cache_mib}\ncommit_max_readings = 100000\ncommit_max_delay = \"100ms\"\npath = \"ingest.db\""
         ),
     )?;
     let db = config.db_path(dir);
     let _ = std::fs::remove_file(&db);
     println!(
-        "\n## ingest: sim driver -> store, {series} series, synchronous = {sync}, {}",
+        "\n## ingest: sim driver -> store, {series} series, synchronous = {sync}, cache_mib = {cache_mib}, {}",
         format_duration(duration)
     );
     let shutdown = CancellationToken::new();

@@ -381,6 +381,11 @@ impl StoreWriter {
         let max_readings = config.commit_max_readings;
         let max_delay = config.commit_max_delay;
         let retention_interval = config.retention.check_interval;
+        let checkpointer = Checkpointer::spawn(&self.path)?;
+        // The checkpointer copies the WAL into the database from now on.
+        self.conn
+            .execute_batch("PRAGMA wal_autocheckpoint = 0")
+            .map_err(std::io::Error::other)?;
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || {
@@ -394,7 +399,10 @@ impl StoreWriter {
                         return WriterReport::default();
                     }
                 };
-                runtime.block_on(self.run(input, max_readings, max_delay, retention_interval))
+                let report =
+                    runtime.block_on(self.run(input, max_readings, max_delay, retention_interval));
+                checkpointer.stop();
+                report
             })?;
         Ok(WriterHandle { thread })
     }
@@ -492,6 +500,58 @@ impl StoreWriter {
             committed,
             next_seq: self.next_seq,
             lost: buffer.len() as u64,
+        }
+    }
+}
+
+/// Copies the WAL back into the database on its own thread and
+/// connection, so the writer spends its time inserting. Passive
+/// checkpoints never block the writer or readers; the last one, on stop,
+/// truncates the WAL so the next start has nothing to recover.
+struct Checkpointer {
+    stop: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Time between passive checkpoints.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+
+impl Checkpointer {
+    fn spawn(path: &Path) -> std::io::Result<Self> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(std::io::Error::other)?;
+        let stop = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let flag = stop.clone();
+        let path = path.to_owned();
+        let thread = std::thread::Builder::new()
+            .name("store-checkpoint".into())
+            .spawn(move || {
+                let (lock, wake) = &*flag;
+                let mut stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
+                while !*stopped {
+                    stopped = wake
+                        .wait_timeout(stopped, CHECKPOINT_EVERY)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                    let mode = if *stopped { "TRUNCATE" } else { "PASSIVE" };
+                    if let Err(e) = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(())) {
+                        tracing::warn!(path = %path.display(), error = %e, "WAL checkpoint failed; will retry");
+                    }
+                }
+            })?;
+        Ok(Self { stop, thread })
+    }
+
+    /// Runs a last, truncating checkpoint and ends the thread.
+    fn stop(self) {
+        let (lock, wake) = &*self.stop;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        wake.notify_one();
+        if self.thread.join().is_err() {
+            tracing::error!("the WAL checkpoint thread panicked");
         }
     }
 }
