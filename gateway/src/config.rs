@@ -636,7 +636,26 @@ mod tests {
         let config = load(SAMPLE_CONFIG).expect("config/gateway.toml is valid");
         assert_eq!(config.store.commit_max_readings, 20_000);
         assert_eq!(config.store.commit_max_delay, Duration::from_millis(50));
-        assert!(config.drivers.sim.is_some());
+        assert!(
+            config.drivers.sim.is_none(),
+            "no simulated devices unless asked for"
+        );
+        // Its commented-out dry-run section ("#key", "##" for comments) is
+        // valid once uncommented.
+        let uncommented: String = SAMPLE_CONFIG
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if !rest.starts_with([' ', '#']) && !rest.is_empty() => rest,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let dry_run = load(&uncommented).expect("the uncommented dry run is valid");
+        let sim = dry_run
+            .drivers
+            .sim
+            .expect("the dry run has simulated devices");
+        assert_eq!(sim.devices[0].profile.as_deref(), Some("press"));
         // An empty file is a valid configuration too: every field has a default.
         let empty = load("").expect("empty config is valid");
         assert_eq!(empty.store.retention.max_size, Some(1 << 30));

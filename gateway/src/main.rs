@@ -106,6 +106,15 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn exit(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
+        // A closed pipe (`query ... | head`) means the reader has what it wanted.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             let code = match e.downcast_ref::<cli::Failure>() {

@@ -26,6 +26,15 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error(
+        "cannot write in the state directory {dir}: {source} (the database {path} cannot be created there)"
+    )]
+    DirNotWritable {
+        dir: PathBuf,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot create the state directory {path}: {source}")]
     CreateDir {
         path: PathBuf,

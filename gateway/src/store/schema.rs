@@ -72,10 +72,7 @@ pub fn open_for_write(
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(|source| StoreError::Open {
-        path: path.to_owned(),
-        source,
-    })?;
+    .map_err(|source| diagnose_open(path, source))?;
     let sync = match synchronous {
         Synchronous::Full => "FULL",
         Synchronous::Normal => "NORMAL",
@@ -112,6 +109,34 @@ pub fn open_for_write(
     )
     .map_err(sql_err(path, "the write check at start"))?;
     Ok(conn)
+}
+
+/// SQLite says only "unable to open database file"; the directory tells
+/// why (read-only file system, permissions, disk full), so ask it.
+fn diagnose_open(path: &Path, source: rusqlite::Error) -> StoreError {
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => dir.to_owned(),
+        None => Path::new(".").to_owned(),
+    };
+    let probe = dir.join(format!(".biota-write-check-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            StoreError::Open {
+                path: path.to_owned(),
+                source,
+            }
+        }
+        Err(e) => StoreError::DirNotWritable {
+            dir,
+            path: path.to_owned(),
+            source: e,
+        },
+    }
 }
 
 /// Opens an existing database for reading only.
