@@ -383,14 +383,17 @@ fn ready(dir: &Path, size: &str) -> anyhow::Result<()> {
             .collect();
         let mut ts = now_ns() - 86_400_000_000_000;
         while writer.used_bytes()? < size {
-            for _ in 0..10 {
+            // 100 rounds of 1000 series: 100,000 readings per commit.
+            let mut batch = Vec::with_capacity(100_000);
+            for _ in 0..100 {
                 ts += 1_000_000_000;
-                let mut batch: Vec<Reading> = points
-                    .iter()
-                    .map(|(d, p)| reading(d, p, ts, 1.5, &None, &source))
-                    .collect();
-                writer.commit(&mut batch)?;
+                batch.extend(
+                    points
+                        .iter()
+                        .map(|(d, p)| reading(d, p, ts, 1.5, &None, &source)),
+                );
             }
+            writer.commit(&mut batch)?;
         }
         println!(
             "built {:.0} MB in {}",
