@@ -139,13 +139,13 @@ pub fn sample_channel(capacity: usize) -> (SampleSink, SampleSource) {
 
 impl<T: Batch> BatchSender<T> {
     /// Sends a batch, waiting while the channel is full (backpressure).
+    /// Cancel-safe: a send dropped while waiting leaves no trace.
     pub async fn send(&self, batch: T) -> Result<(), SinkClosed> {
-        let n = batch.items() as u64;
-        self.queued.fetch_add(n, Ordering::Relaxed);
-        self.tx.send(batch).await.map_err(|_| {
-            self.queued.fetch_sub(n, Ordering::Relaxed);
-            SinkClosed
-        })
+        let permit = self.tx.reserve().await.map_err(|_| SinkClosed)?;
+        self.queued
+            .fetch_add(batch.items() as u64, Ordering::Relaxed);
+        permit.send(batch);
+        Ok(())
     }
 }
 

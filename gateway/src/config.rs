@@ -68,6 +68,13 @@ pub struct StoreConfig {
     /// SQLite page cache of the writer, in MiB. Default: 8.
     #[serde(default = "default_cache_mib")]
     pub cache_mib: u32,
+    /// The write-ahead log is folded back into the database and truncated
+    /// once it is larger than this. Default: `32MiB`.
+    #[serde(
+        default = "default_wal_max_size",
+        deserialize_with = "deserialize_size_required"
+    )]
+    pub wal_max_size: u64,
     /// `[store.retention]`. Defaults: see [`RetentionConfig`].
     #[serde(default)]
     pub retention: RetentionConfig,
@@ -198,6 +205,9 @@ fn default_commit_max_delay() -> Duration {
 fn default_cache_mib() -> u32 {
     8
 }
+fn default_wal_max_size() -> u64 {
+    32 << 20
+}
 fn default_max_size() -> Option<u64> {
     Some(1 << 30)
 }
@@ -225,6 +235,7 @@ impl Default for StoreConfig {
             commit_max_readings: default_commit_max_readings(),
             commit_max_delay: default_commit_max_delay(),
             cache_mib: default_cache_mib(),
+            wal_max_size: default_wal_max_size(),
             retention: RetentionConfig::default(),
         }
     }
@@ -270,6 +281,11 @@ fn deserialize_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64
         Raw::Text(s) if s == "off" => Ok(None),
         Raw::Text(s) => parse_size(&s).map(Some).map_err(serde::de::Error::custom),
     }
+}
+
+/// A size that cannot be "off".
+fn deserialize_size_required<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    deserialize_size(d)?.ok_or_else(|| serde::de::Error::custom("must be a size, not off"))
 }
 
 /// Parses a size like `2GiB`, `500MB`, `64KiB` or `1024`.
@@ -452,6 +468,18 @@ impl GatewayConfig {
         if store.retention.check_interval < Duration::from_secs(1) {
             err(
                 "store.retention.check_interval".into(),
+                "must be at least 1s".into(),
+            );
+        }
+        if store.wal_max_size < 1 << 20 {
+            err(
+                "store.wal_max_size".into(),
+                format!("must be at least 1MiB, got {} bytes", store.wal_max_size),
+            );
+        }
+        if self.pipeline.shutdown_timeout < Duration::from_secs(1) {
+            err(
+                "pipeline.shutdown_timeout".into(),
                 "must be at least 1s".into(),
             );
         }

@@ -82,7 +82,13 @@ fn main() -> ExitCode {
             init_logging(&config.log.level);
             let state_dir = biota_gateway::config::state_dir(state_dir.as_deref());
             let db_path = config.db_path(&state_dir);
-            exit(runtime().map(|rt| rt.block_on(run(config, db_path))))
+            exit(runtime().map(|rt| {
+                let code = rt.block_on(run(config, db_path));
+                // After a drain that timed out the writer may still be
+                // retrying a commit: do not wait for it, exit.
+                rt.shutdown_timeout(std::time::Duration::from_secs(1));
+                code
+            }))
         }
         Command::Query(args) => exit(cli::query::run(args).map(|()| ExitCode::SUCCESS)),
         Command::Demo(args) => {

@@ -15,7 +15,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use biota_drivers::{BatchSender, SampleSource, batch_channel, sample_channel, sim::SimDriver};
+use biota_drivers::{
+    BatchSender, SampleSink, SampleSource, batch_channel, sample_channel, sim::SimDriver,
+};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -48,6 +50,10 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// Held until shutdown, so that a gateway with no (or only finished)
+    /// drivers keeps its normalizer and writer running instead of taking
+    /// "every sender is gone" for the end of the pipeline.
+    idle_sink: Option<SampleSink>,
     writer: WriterHandle,
     shutdown_timeout: std::time::Duration,
 }
@@ -90,12 +96,12 @@ impl Gateway {
         if let Some(sim) = config.drivers.sim.clone() {
             tasks.spawn(SimDriver::new(sim, sample_tx.clone()).run(shutdown.clone()));
         }
-        drop(sample_tx);
         tasks.close();
         Ok(Self {
             metrics,
             shutdown,
             tasks,
+            idle_sink: Some(sample_tx),
             writer,
             shutdown_timeout: config.pipeline.shutdown_timeout,
         })
@@ -112,8 +118,9 @@ impl Gateway {
     /// Waits until the pipeline has stopped (after the shutdown token is
     /// cancelled) and everything in flight is committed, or the shutdown
     /// timeout passed.
-    pub async fn stopped(self) -> StopReport {
+    pub async fn stopped(mut self) -> StopReport {
         self.shutdown.cancelled().await;
+        drop(self.idle_sink.take());
         let writer = self.writer;
         let tasks = self.tasks;
         let drain = async move {

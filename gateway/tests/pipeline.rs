@@ -137,3 +137,59 @@ async fn seq_continues_across_restarts_of_the_pipeline() {
     }
     assert_eq!(count_and_max(&db), (total, 1, total));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_without_drivers_keeps_running_until_shutdown() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gateway.db");
+    let shutdown = CancellationToken::new();
+    let config = GatewayConfig::from_toml(Path::new("empty.toml"), "").expect("valid");
+    let gateway = Gateway::start(&config, &db, shutdown.clone())
+        .await
+        .expect("start");
+    let metrics = gateway.metrics().clone();
+    let first = metrics.snapshot();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let later = metrics.snapshot();
+    // The writer still proves it is alive: the watchdog keeps being fed.
+    assert!(
+        biota_gateway::systemd::is_moving(&metrics, &later, &first, Duration::from_millis(750)),
+        "an idle gateway must not look stalled"
+    );
+    shutdown.cancel();
+    let report = gateway.stopped().await;
+    assert!(!report.timed_out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_stays_bounded_under_sustained_ingest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gateway.db");
+    let wal = dir.path().join("gateway.db-wal");
+    let shutdown = CancellationToken::new();
+    let config = config("[store]\nwal_max_size = \"1MiB\"\nsynchronous = \"normal\"");
+    let gateway = Gateway::start(&config, &db, shutdown.clone())
+        .await
+        .expect("start");
+    let metrics = gateway.metrics().clone();
+    let mut largest = 0;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(75)).await;
+        largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+    }
+    shutdown.cancel();
+    gateway.stopped().await;
+    let db_size = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        metrics.committed.load(Relaxed) > 100_000,
+        "the test must write a lot"
+    );
+    assert!(
+        db_size > 8 << 20,
+        "the database grew to {db_size} bytes: more than the bound below"
+    );
+    // One commit's worth of frames on top of the 1 MiB limit, at most.
+    assert!(largest <= 6 << 20, "the WAL grew to {largest} bytes");
+    // A clean stop truncates it.
+    assert_eq!(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0), 0);
+}

@@ -419,3 +419,29 @@ fn retention_by_age_uses_commit_time() {
     // Nothing newer than max_age goes.
     assert_eq!(writer.enforce_retention().expect("retention"), 0);
 }
+
+#[test]
+fn a_next_seq_behind_the_data_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gateway.db");
+    let mut writer = open(&path);
+    writer
+        .commit(&mut [
+            reading("d", "p", T0, Value::I64(1)),
+            reading("d", "p", T0, Value::I64(2)),
+        ])
+        .expect("commit");
+    drop(writer);
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    conn.execute("UPDATE meta SET value = 2 WHERE key = 'next_seq'", [])
+        .expect("corrupt it");
+    drop(conn);
+    let err = StoreWriter::open(&path, &store_config(), Arc::new(Metrics::new()))
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string()
+            .contains("next_seq is 2 but readings hold seq up to 2"),
+        "{err}"
+    );
+}

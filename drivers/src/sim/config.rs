@@ -10,6 +10,10 @@ use crate::{ConfigError, DeviceBinding};
 pub const MAX_POINT_RATE: f64 = 2_000_000.0;
 /// Most copies of one device or one point.
 pub const MAX_COPIES: u32 = 100_000;
+/// Most simulated series (devices × points) in all.
+pub const MAX_SERIES: u64 = 1_000_000;
+/// Most samples per second offered by all simulated points together.
+pub const MAX_TOTAL_RATE: f64 = 20_000_000.0;
 
 /// `[sim]`: devices whose points follow waveforms.
 #[derive(Debug, Clone, Deserialize)]
@@ -132,6 +136,28 @@ impl SimConfig {
             err(
                 format!("{path}.max_batch"),
                 format!("must be 1..=65536, got {}", self.max_batch),
+            );
+        }
+        let series: u64 = self
+            .devices
+            .iter()
+            .map(|d| {
+                u64::from(d.copies) * d.points.iter().map(|p| u64::from(p.copies)).sum::<u64>()
+            })
+            .sum();
+        if series > MAX_SERIES {
+            err(
+                format!("{path}.devices"),
+                format!(
+                    "{series} simulated series in all (devices × points × copies); at most {MAX_SERIES}"
+                ),
+            );
+        }
+        let rate = self.total_rate();
+        if rate > MAX_TOTAL_RATE {
+            err(
+                format!("{path}.devices"),
+                format!("{rate:.0} samples/s in all; at most {MAX_TOTAL_RATE:.0}"),
             );
         }
         let mut device_ids = HashSet::new();

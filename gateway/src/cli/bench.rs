@@ -137,6 +137,9 @@ async fn ingest(
     cache_mib: u32,
 ) -> anyhow::Result<()> {
     let duration = parse_duration(duration).map_err(anyhow::Error::msg)?;
+    if duration < Duration::from_secs(1) {
+        bail!("--duration must be at least 1s");
+    }
     let sync = match synchronous {
         "full" => "full",
         "normal" => "normal",
@@ -204,6 +207,9 @@ async fn memory(dir: &Path, duration: &str, rate: u32, series: u32) -> anyhow::R
     let config = sim_config(series, f64::from(rate), "[store]\npath = \"memory.db\"")?;
     let db = config.db_path(dir);
     let _ = std::fs::remove_file(&db);
+    if duration < Duration::from_secs(1) {
+        bail!("--duration must be at least 1s");
+    }
     println!(
         "\n## memory: {rate} readings/s over {series} series, default store settings, {}",
         format_duration(duration)

@@ -69,11 +69,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     );
 
     let shutdown = CancellationToken::new();
+    let on_signal = stop_on_signal(shutdown.clone());
     let started = Instant::now();
     let gateway = Gateway::start(&config, &db, shutdown.clone())
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
-    tokio::spawn(stop_on_signal(shutdown.clone()));
+    tokio::spawn(on_signal);
     let ready_after = started.elapsed();
     let metrics = gateway.metrics().clone();
     let live = tokio::spawn(show_live(metrics.clone(), shutdown.clone(), duration));

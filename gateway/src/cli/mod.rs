@@ -16,27 +16,32 @@ pub enum Failure {
     Store(#[from] biota_gateway::store::StoreError),
 }
 
-/// Cancels `shutdown` on SIGTERM or SIGINT, telling systemd we stop.
-pub async fn stop_on_signal(shutdown: CancellationToken) {
+/// Installs SIGTERM/SIGINT handlers now (so a signal during start-up is
+/// not lost) and returns the future that, once spawned, cancels `shutdown`
+/// on the first of them, telling systemd we stop. Call it inside the runtime.
+pub fn stop_on_signal(shutdown: CancellationToken) -> impl Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop the gateway with SIGKILL");
-        return;
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-        () = shutdown.cancelled() => return,
-    };
-    tracing::info!(
-        signal = name,
-        "shutting down: stopping drivers, committing what is in flight"
     );
-    biota_gateway::systemd::stopping();
-    shutdown.cancel();
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::error!("cannot install signal handlers; stop the gateway with SIGKILL");
+            return;
+        };
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            () = shutdown.cancelled() => return,
+        };
+        tracing::info!(
+            signal = name,
+            "shutting down: stopping drivers, committing what is in flight"
+        );
+        biota_gateway::systemd::stopping();
+        shutdown.cancel();
+    }
 }
 
 /// `12,345,678`

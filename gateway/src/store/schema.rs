@@ -82,7 +82,6 @@ pub fn open_for_write(
          PRAGMA journal_mode = WAL;
          PRAGMA synchronous = {sync};
          PRAGMA cache_size = -{kib};
-         PRAGMA journal_size_limit = 67108864;
          PRAGMA foreign_keys = OFF;",
         kib = u64::from(cache_mib) * 1024
     ))

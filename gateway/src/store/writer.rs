@@ -31,8 +31,12 @@ use crate::time::now_ns;
 /// How often a checkpoint row (seq ↔ commit time) is written for
 /// age-based retention; it is the granularity of `max_age`.
 const CHECKPOINT_INTERVAL_NS: i64 = 10 * 1_000_000_000;
-/// Rows deleted per retention transaction, so ingest is never held up long.
-const RETENTION_CHUNK: i64 = 50_000;
+/// Rows deleted per retention step. The writer commits between steps, so
+/// a large deletion never holds ingest up for more than one step.
+const RETENTION_CHUNK: i64 = 10_000;
+/// A wall-clock step larger than this between two checkpoints (compared
+/// with the monotonic clock) is a clock being set, not time passing.
+const CLOCK_STEP_NS: i64 = 60 * 1_000_000_000;
 /// Longest pause between retries of a failing commit.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
@@ -66,7 +70,17 @@ pub struct StoreWriter {
     /// source → its labels (a source has few units).
     labels: FxHashMap<Arc<str>, Vec<LabelEntry>>,
     retention: RetentionConfig,
+    /// Readings below this seq are due for deletion, a step at a time.
+    retention_bound: Option<i64>,
+    /// Deleted since the current bound was planned (for the log line).
+    retention_pass_deleted: u64,
+    /// Wall-clock time of the last checkpoint row.
     last_checkpoint_at: i64,
+    /// Monotonic time of the last checkpoint row written by this process.
+    last_checkpoint_mono: Option<std::time::Instant>,
+    /// Fold the WAL back into the database once it is larger than this.
+    wal_max_bytes: u64,
+    wal_path: PathBuf,
     metrics: Arc<Metrics>,
 }
 
@@ -103,13 +117,34 @@ impl StoreWriter {
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
         let conn = schema::open_for_write(path, config.synchronous, config.cache_mib)?;
+        conn.execute_batch(&format!(
+            "PRAGMA journal_size_limit = {}",
+            config.wal_max_size
+        ))
+        .map_err(sql_err(path, "limiting the WAL size"))?;
         let next_seq: i64 = conn
             .query_row("SELECT value FROM meta WHERE key = 'next_seq'", [], |r| {
                 r.get(0)
             })
             .map_err(sql_err(path, "reading next_seq"))?;
-        let next_seq = u64::try_from(next_seq).unwrap_or(1).max(1);
+        let max_seq: Option<i64> = conn
+            .query_row("SELECT max(seq) FROM readings", [], |r| r.get(0))
+            .map_err(sql_err(path, "reading the last seq"))?;
+        if next_seq < 1 || max_seq.is_some_and(|max| max >= next_seq) {
+            // Going on would reuse seqs: refuse, with what was found.
+            return Err(StoreError::Corrupt {
+                path: path.to_owned(),
+                seq: next_seq,
+                reason: format!(
+                    "meta.next_seq is {next_seq} but readings hold seq up to {}",
+                    max_seq.unwrap_or(0)
+                ),
+            });
+        }
+        let next_seq = next_seq as u64;
         metrics.last_seq.store(next_seq - 1, Relaxed);
+        let mut wal_path = path.as_os_str().to_owned();
+        wal_path.push("-wal");
         let last_checkpoint_at = conn
             .query_row("SELECT max(committed_at) FROM checkpoints", [], |r| {
                 r.get::<_, Option<i64>>(0)
@@ -123,7 +158,12 @@ impl StoreWriter {
             series: FxHashMap::default(),
             labels: FxHashMap::default(),
             retention: config.retention.clone(),
+            retention_bound: None,
+            retention_pass_deleted: 0,
             last_checkpoint_at,
+            last_checkpoint_mono: None,
+            wal_max_bytes: config.wal_max_size,
+            wal_path: PathBuf::from(wal_path),
             metrics,
         })
     }
@@ -191,6 +231,7 @@ impl StoreWriter {
         self.metrics.committed.fetch_add(n, Relaxed);
         self.metrics.commits.fetch_add(1, Relaxed);
         self.metrics.last_seq.store(self.next_seq - 1, Relaxed);
+        self.bound_wal();
         Ok(())
     }
 
@@ -202,6 +243,7 @@ impl StoreWriter {
         touched: &mut Vec<SeriesKey>,
     ) -> Result<(), StoreError> {
         let path = self.path.clone();
+        let checkpoint = self.checkpoint_plan(now);
         let tx = self
             .conn
             .transaction()
@@ -275,7 +317,18 @@ impl StoreWriter {
                 [seq as i64],
             )
             .map_err(sql_err(&path, "updating next_seq"))?;
-            if now - self.last_checkpoint_at >= CHECKPOINT_INTERVAL_NS {
+            if let Some(shift) = checkpoint {
+                if shift != 0 {
+                    tracing::warn!(
+                        step_s = shift / 1_000_000_000,
+                        "the wall clock was set; moving retention checkpoints with it"
+                    );
+                    tx.execute(
+                        "UPDATE checkpoints SET committed_at = committed_at + ?1",
+                        [shift],
+                    )
+                    .map_err(sql_err(&path, "moving retention checkpoints"))?;
+                }
                 tx.execute(
                     "INSERT OR REPLACE INTO checkpoints (seq, committed_at) VALUES (?1, ?2)",
                     [seq as i64, now],
@@ -284,19 +337,69 @@ impl StoreWriter {
             }
         }
         tx.commit().map_err(sql_err(&path, "committing"))?;
-        if now - self.last_checkpoint_at >= CHECKPOINT_INTERVAL_NS {
+        if checkpoint.is_some() {
             self.last_checkpoint_at = now;
+            self.last_checkpoint_mono = Some(std::time::Instant::now());
         }
         Ok(())
     }
 
-    /// Deletes what retention says must go; returns how many readings.
-    pub fn enforce_retention(&mut self) -> Result<u64, StoreError> {
-        let mut deleted = 0;
+    /// Whether this commit writes a retention checkpoint, and by how much
+    /// the earlier ones move: `Some(shift)`. Age retention measures time
+    /// since commit, so a wall clock that is stepped (NTP on a board
+    /// without RTC) must not make fresh readings look old, or old ones new.
+    /// While the clock is before 2000 it is not set: no checkpoint then.
+    fn checkpoint_plan(&self, now: i64) -> Option<i64> {
+        if now < crate::cdm::EARLIEST_TS_NS {
+            return None;
+        }
+        let Some(mono) = self.last_checkpoint_mono else {
+            return Some(0);
+        };
+        let elapsed = i64::try_from(mono.elapsed().as_nanos()).unwrap_or(i64::MAX);
+        if elapsed < CHECKPOINT_INTERVAL_NS {
+            return None;
+        }
+        let step = (now - self.last_checkpoint_at) - elapsed;
+        Some(if step.abs() > CLOCK_STEP_NS { step } else { 0 })
+    }
+
+    /// Lets the WAL start over once it is larger than `wal_max_size`. The
+    /// checkpoint thread copies pages continuously, but only a checkpoint
+    /// that the writer runs between its transactions can make the log
+    /// restart from its beginning; most of the copying is already done by
+    /// then. `journal_size_limit` (= `wal_max_size`) trims the file when
+    /// the log restarts, so the next check sees real growth only.
+    fn bound_wal(&mut self) {
+        let size = std::fs::metadata(&self.wal_path)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        if size <= self.wal_max_bytes {
+            return;
+        }
+        match self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0))
+        {
+            Ok(0) => {}
+            // A reader held an old snapshot past the busy timeout: next commit.
+            Ok(_) => tracing::debug!(
+                wal_bytes = size,
+                "WAL not restarted yet: a reader is active"
+            ),
+            Err(e) => tracing::warn!(error = %e, wal_bytes = size, "cannot restart the WAL"),
+        }
+    }
+
+    /// Decides what retention deletes next: readings committed before
+    /// `max_age`, and the oldest readings while the data is over
+    /// `max_size`. The deletion itself happens in [`Self::retention_step`]s.
+    pub fn plan_retention(&mut self) -> Result<(), StoreError> {
+        let mut bound: Option<i64> = None;
         if let Some(max_age) = self.retention.max_age {
-            let cutoff =
-                now_ns().saturating_sub(i64::try_from(max_age.as_nanos()).unwrap_or(i64::MAX));
-            let bound: Option<i64> = self
+            let age = i64::try_from(max_age.as_nanos()).unwrap_or(i64::MAX);
+            let cutoff = now_ns().saturating_sub(age);
+            let by_age: Option<i64> = self
                 .conn
                 .query_row(
                     "SELECT max(seq) FROM checkpoints WHERE committed_at <= ?1",
@@ -304,59 +407,109 @@ impl StoreWriter {
                     |r| r.get(0),
                 )
                 .map_err(sql_err(&self.path, "reading checkpoints"))?;
-            if let Some(bound) = bound {
-                deleted += self.delete_below(bound)?;
+            if let Some(by_age) = by_age {
                 self.conn
-                    .execute("DELETE FROM checkpoints WHERE seq < ?1", [bound])
+                    .execute("DELETE FROM checkpoints WHERE seq < ?1", [by_age])
                     .map_err(sql_err(&self.path, "deleting old checkpoints"))?;
             }
+            bound = bound.max(by_age);
         }
         if let Some(max_size) = self.retention.max_size {
-            for _ in 0..64 {
-                let used = self.used_bytes()?;
-                if used <= max_size {
-                    break;
-                }
-                let oldest: Option<i64> = self
-                    .conn
-                    .query_row("SELECT min(seq) FROM readings", [], |r| r.get(0))
-                    .map_err(sql_err(&self.path, "finding the oldest reading"))?;
-                let Some(oldest) = oldest else { break };
+            let used = self.used_bytes()?;
+            if used > max_size
+                && let Some(oldest) = self.oldest_seq()?
+            {
                 let rows = self.next_seq as i64 - oldest;
                 // Rows are about the same size: delete the share that is
                 // over the limit, plus 2% so the next commits fit.
                 let share = (used - max_size) as f64 / used as f64 + 0.02;
-                let n = ((rows as f64 * share).ceil() as i64).clamp(1, rows);
-                deleted += self.delete_below(oldest + n)?;
+                let n = ((rows as f64 * share).ceil() as i64).clamp(1, rows.max(1));
+                bound = bound.max(Some(oldest + n));
             }
         }
-        if deleted > 0 {
-            self.metrics.retention_deleted.fetch_add(deleted, Relaxed);
-            tracing::info!(deleted, "retention deleted the oldest readings");
+        if bound > self.retention_bound {
+            self.retention_bound = bound;
+        }
+        Ok(())
+    }
+
+    /// Deletes at most one chunk of what [`Self::plan_retention`] decided;
+    /// returns how many readings (0 once the plan is done).
+    pub fn retention_step(&mut self) -> Result<u64, StoreError> {
+        let Some(bound) = self.retention_bound else {
+            return Ok(0);
+        };
+        let upto = match self.oldest_seq()? {
+            Some(oldest) if oldest < bound => bound.min(oldest + RETENTION_CHUNK),
+            _ => {
+                self.retention_bound = None;
+                if self.retention_pass_deleted > 0 {
+                    tracing::info!(
+                        deleted = self.retention_pass_deleted,
+                        below_seq = bound,
+                        "retention deleted the oldest readings"
+                    );
+                }
+                self.retention_pass_deleted = 0;
+                return Ok(0);
+            }
+        };
+        let deleted = self
+            .conn
+            .execute("DELETE FROM readings WHERE seq < ?1", [upto])
+            .map_err(sql_err(&self.path, "deleting old readings"))? as u64;
+        // A cached latest value may point at a deleted row: look it up again.
+        for points in self.series.values_mut() {
+            for entry in points.values_mut() {
+                if entry
+                    .latest
+                    .is_some_and(|l| l.is_some_and(|(_, seq)| (seq as i64) < upto))
+                {
+                    entry.latest = None;
+                }
+            }
+        }
+        self.retention_pass_deleted += deleted;
+        self.metrics.retention_deleted.fetch_add(deleted, Relaxed);
+        Ok(deleted)
+    }
+
+    /// A whole retention pass at once (for tools and tests; the writer
+    /// thread interleaves steps with commits instead).
+    pub fn enforce_retention(&mut self) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        let mut used = self.used_bytes()?;
+        for _ in 0..64 {
+            self.plan_retention()?;
+            let before = deleted;
+            loop {
+                let n = self.retention_step()?;
+                if n == 0 {
+                    break;
+                }
+                deleted += n;
+            }
+            let now_used = self.used_bytes()?;
+            if deleted == before || self.retention.max_size.is_none_or(|max| now_used <= max) {
+                break;
+            }
+            if now_used >= used {
+                tracing::warn!(
+                    used_bytes = now_used,
+                    "deleting readings does not shrink the database below max_size: \
+                     series, labels and indexes alone exceed it; raise [store.retention] max_size"
+                );
+                break;
+            }
+            used = now_used;
         }
         Ok(deleted)
     }
 
-    /// Deletes readings with seq below `bound`, in chunks.
-    fn delete_below(&mut self, bound: i64) -> Result<u64, StoreError> {
-        let mut deleted = 0;
-        loop {
-            let oldest: Option<i64> = self
-                .conn
-                .query_row("SELECT min(seq) FROM readings", [], |r| r.get(0))
-                .map_err(sql_err(&self.path, "finding the oldest reading"))?;
-            let Some(oldest) = oldest.filter(|o| *o < bound) else {
-                return Ok(deleted);
-            };
-            let upto = bound.min(oldest + RETENTION_CHUNK);
-            deleted +=
-                self.conn
-                    .execute("DELETE FROM readings WHERE seq < ?1", [upto])
-                    .map_err(sql_err(&self.path, "deleting old readings"))? as u64;
-            self.metrics
-                .writer_heartbeat_ms
-                .store(self.metrics.uptime_ms(), Relaxed);
-        }
+    fn oldest_seq(&self) -> Result<Option<i64>, StoreError> {
+        self.conn
+            .query_row("SELECT min(seq) FROM readings", [], |r| r.get(0))
+            .map_err(sql_err(&self.path, "finding the oldest reading"))
     }
 
     /// Bytes of the database's pages that hold data (free pages excluded).
@@ -453,7 +606,8 @@ impl StoreWriter {
                         );
                         // A full disk may be relieved by retention.
                         if e.is_disk_full()
-                            && let Err(e) = self.enforce_retention()
+                            && let Err(e) =
+                                self.plan_retention().and_then(|()| self.retention_step())
                         {
                             tracing::warn!(error = %e, "retention could not free space");
                         }
@@ -467,10 +621,19 @@ impl StoreWriter {
                 break;
             }
             if Instant::now() >= next_retention {
-                if let Err(e) = self.enforce_retention() {
+                if let Err(e) = self.plan_retention() {
                     tracing::warn!(error = %e, "retention failed; will try again");
                 }
                 next_retention = Instant::now() + retention_interval;
+                heartbeat();
+                continue;
+            }
+            // One retention step per turn: commits that fall due go first.
+            if self.retention_bound.is_some() {
+                if let Err(e) = self.retention_step() {
+                    tracing::warn!(error = %e, "retention failed; will try again");
+                    self.retention_bound = None;
+                }
                 heartbeat();
                 continue;
             }
