@@ -270,17 +270,29 @@ impl Default for LogConfig {
 
 /// `"2GiB"`, `"500MB"`, `"64KiB"`, a plain integer of bytes, or `"off"`.
 fn deserialize_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Bytes(u64),
-        Text(String),
+    struct SizeVisitor;
+    impl serde::de::Visitor<'_> for SizeVisitor {
+        type Value = Option<u64>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a size like \"2GiB\" or \"500MB\", a number of bytes, or \"off\"")
+        }
+        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Self::Value, E> {
+            Ok(Some(n))
+        }
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Self::Value, E> {
+            u64::try_from(n)
+                .map(Some)
+                .map_err(|_| E::custom(format!("a size cannot be negative, got {n}")))
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            if s == "off" {
+                Ok(None)
+            } else {
+                parse_size(s).map(Some).map_err(E::custom)
+            }
+        }
     }
-    match Raw::deserialize(d)? {
-        Raw::Bytes(n) => Ok(Some(n)),
-        Raw::Text(s) if s == "off" => Ok(None),
-        Raw::Text(s) => parse_size(&s).map(Some).map_err(serde::de::Error::custom),
-    }
+    d.deserialize_any(SizeVisitor)
 }
 
 /// A size that cannot be "off".
@@ -710,6 +722,8 @@ mod tests {
         let found = issues("[store.retention]\nmax_size = \"12 parsecs\"\n");
         assert_eq!(found[0].0, "store.retention.max_size");
         assert_eq!(found[0].1, Some(2));
+        let found = issues("[store.retention]\nmax_size = true\n");
+        assert!(found[0].2.contains("a size like"), "{}", found[0].2);
     }
 
     #[test]
