@@ -193,3 +193,81 @@ async fn the_wal_stays_bounded_under_sustained_ingest() {
     // A clean stop truncates it.
     assert_eq!(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_keeps_committing_while_retention_deletes() {
+    use biota_gateway::metrics::Metrics;
+    use biota_gateway::store::StoreWriter;
+    use biota_gateway::{Quality, Reading, Value};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gateway.db");
+    // An existing database far over the size limit set below.
+    let old_rows = 400_000u64;
+    {
+        let config = config("");
+        let mut writer = StoreWriter::open(&db, &config.store, std::sync::Arc::new(Metrics::new()))
+            .expect("open");
+        for chunk in 0..(old_rows / 50_000) {
+            let mut batch: Vec<Reading> = (0..50_000)
+                .map(|i| Reading {
+                    device: "old".into(),
+                    point: format!("p{}", i % 100).into(),
+                    ts: 1_767_225_600_000_000_000 + (chunk * 50_000 + i) as i64,
+                    value: Value::F64(i as f64),
+                    unit: None,
+                    quality: Quality::Good,
+                    seq: 0,
+                    source: "sim://old".into(),
+                })
+                .collect();
+            writer.commit(&mut batch).expect("commit");
+        }
+    }
+    let text = r#"
+[store]
+commit_max_delay = "20ms"
+[store.retention]
+max_size = "1MiB"
+[[drivers.sim.devices]]
+id = "line"
+points = [{ name = "p", copies = 10, waveform = "counter", rate = 1000 }]
+"#;
+    let config = GatewayConfig::from_toml(Path::new("test.toml"), text).expect("valid");
+    let shutdown = CancellationToken::new();
+    let gateway = Gateway::start(&config, &db, shutdown.clone())
+        .await
+        .expect("start");
+    let metrics = gateway.metrics().clone();
+    // The size plan deletes the share over the limit plus 2%: nearly all
+    // of the old rows. Polls taken while that pass is part-way through:
+    let most = old_rows * 9 / 10;
+    let mut during: Vec<u64> = Vec::new();
+    for _ in 0..600 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let deleted = metrics.retention_deleted.load(Relaxed);
+        if deleted > 0 && deleted < most {
+            during.push(metrics.commits.load(Relaxed));
+        } else if deleted >= most {
+            break;
+        }
+    }
+    shutdown.cancel();
+    gateway.stopped().await;
+    let deleted = metrics.retention_deleted.load(Relaxed);
+    assert!(
+        deleted >= most,
+        "retention deleted only {deleted} of {old_rows} old rows"
+    );
+    assert!(
+        during.len() >= 5,
+        "the pass was too quick to observe ({} polls)",
+        during.len()
+    );
+    let commits_during = during.last().copied().unwrap_or(0) - during.first().copied().unwrap_or(0);
+    assert!(
+        commits_during >= 2,
+        "only {commits_during} commits during a retention pass observed over {} polls",
+        during.len()
+    );
+}

@@ -628,12 +628,19 @@ impl StoreWriter {
                 heartbeat();
                 continue;
             }
-            // One retention step per turn: commits that fall due go first.
+            // One retention step per turn; between steps take what arrived,
+            // so ingest keeps flowing and commits fall due as usual.
             if self.retention_bound.is_some() {
                 if let Err(e) = self.retention_step() {
                     tracing::warn!(error = %e, "retention failed; will try again");
                     self.retention_bound = None;
                 }
+                while buffer.len() < max_readings {
+                    let Some(batch) = input.try_recv() else { break };
+                    oldest.get_or_insert_with(Instant::now);
+                    buffer.extend(batch);
+                }
+                metrics.writer_pending.store(buffer.len() as u64, Relaxed);
                 heartbeat();
                 continue;
             }
