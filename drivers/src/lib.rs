@@ -13,6 +13,8 @@
 //! *Architecture invariant:* this crate never depends on `biota-gateway`
 //! or `biota-node`.
 
+pub mod duration;
+pub mod modbus;
 pub mod sim;
 
 use std::sync::Arc;
