@@ -4,4 +4,5 @@
 //! configuration can ask for a Modbus device this build cannot poll.
 
 pub mod codec;
+pub mod config;
 pub mod plan;
