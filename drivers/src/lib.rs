@@ -182,6 +182,9 @@ pub struct DriversConfig {
     /// Simulated devices (`[sim]`). Default: none.
     #[serde(default)]
     pub sim: Option<sim::SimConfig>,
+    /// Modbus devices (`[modbus]`). Default: none.
+    #[serde(default)]
+    pub modbus: Option<modbus::ModbusConfig>,
 }
 
 /// A device a driver will produce samples for, with the profile its
@@ -211,6 +214,9 @@ impl DriversConfig {
         if let Some(sim) = &self.sim {
             sim.validate(&key_path(prefix, "sim"), &mut errors);
         }
+        if let Some(modbus) = &self.modbus {
+            modbus.validate(&key_path(prefix, "modbus"), &mut errors);
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -223,6 +229,9 @@ impl DriversConfig {
         let mut out = Vec::new();
         if let Some(sim) = &self.sim {
             out.extend(sim.devices(&key_path(prefix, "sim")));
+        }
+        if let Some(modbus) = &self.modbus {
+            out.extend(modbus.devices(&key_path(prefix, "modbus")));
         }
         out
     }

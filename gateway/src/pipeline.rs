@@ -15,6 +15,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use biota_drivers::modbus::ModbusDriver;
 use biota_drivers::{
     BatchSender, SampleSink, SampleSource, batch_channel, sample_channel, sim::SimDriver,
 };
@@ -95,6 +96,9 @@ impl Gateway {
         tasks.spawn(run_normalizer(normalizer, sample_rx, reading_tx));
         if let Some(sim) = config.drivers.sim.clone() {
             tasks.spawn(SimDriver::new(sim, sample_tx.clone()).run(shutdown.clone()));
+        }
+        if let Some(modbus) = config.drivers.modbus.clone() {
+            tasks.spawn(ModbusDriver::new(modbus, sample_tx.clone()).run(shutdown.clone()));
         }
         tasks.close();
         Ok(Self {

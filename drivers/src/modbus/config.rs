@@ -290,6 +290,10 @@ impl ModbusConfig {
         let mut paths = HashSet::new();
         for (b, bus) in self.rtu.iter().enumerate() {
             let bpath = format!("{path}.rtu[{b}]");
+            err(
+                bpath.clone(),
+                "Modbus RTU polling is not in this build yet (TCP is); remove the bus or use a TCP-to-RTU gateway".into(),
+            );
             if !paths.insert(&bus.path) {
                 err(
                     format!("{bpath}.path"),
