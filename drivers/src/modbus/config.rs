@@ -501,12 +501,6 @@ mod tests {
 address = "127.0.0.1:5020"
 devices = [{ id = "press-1", unit = 1, map = "press" }, { id = "press-2", unit = 2, map = "press", profile = "press" }]
 
-[[rtu]]
-path = "/dev/ttyUSB0"
-baud = 9600
-parity = "none"
-devices = [{ id = "meter-3", unit = 3, map = "press" }]
-
 [maps.press]
 max_gap = 4
 [[maps.press.groups]]
@@ -538,8 +532,7 @@ points = [{ name = "serial", area = "input_register", address = 100, type = "str
             devices,
             [
                 ("press-1".into(), None),
-                ("press-2".into(), Some("press".into())),
-                ("meter-3".into(), None)
+                ("press-2".into(), Some("press".into()))
             ]
         );
     }
@@ -582,6 +575,9 @@ points = [
                 "modbus.maps.m.groups[0].points[6].writable",
                 "modbus.maps.m.groups[0].points[7].address",
                 "modbus.maps.m.groups[0].points[8].name",
+                // RTU polling is not in this build yet: said first, then
+                // the bus's own errors, so a fixed config is ready for it.
+                "modbus.rtu[0]",
                 "modbus.rtu[0].stop_bits",
                 "modbus.rtu[0].devices[0].unit",
                 "modbus.rtu[0].devices[1].map",
