@@ -110,6 +110,11 @@ def test_demo_runs_and_summarizes(gateway_bin, tmp_path):
     assert re.search(r"Example: .*query", out), f"no example query in the demo's output:\n{out}"
     example = out[out.index("Example:"):]
     assert re.search(r"^press-1\s+\S+", example, re.M), f"the example query shows no reading:\n{out}"
+    # The simulated PLC is read over Modbus TCP, served in-process by the demo.
+    plc_rows = re.findall(r"^plc-1\s+(\S+)\s.*\bgood\s+\d+\s+modbus-tcp://127\.0\.0\.1:\d+/1$", example, re.M)
+    assert {"parts", "temperature", "pressure", "conveyor_on"} <= set(plc_rows), (
+        f"the demo shows no Modbus readings of plc-1:\n{out}"
+    )
 
     db = state / "gateway.db"
     stats = assert_gapless(db)

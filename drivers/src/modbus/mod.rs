@@ -14,6 +14,7 @@
 pub mod codec;
 pub mod config;
 pub mod plan;
+pub mod simulator;
 mod tcp;
 
 pub use config::ModbusConfig;

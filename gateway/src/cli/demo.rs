@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use biota_drivers::modbus::config::TcpConnectionConfig;
+use biota_drivers::modbus::simulator::SimulatedPlc;
 use biota_gateway::config::GatewayConfig;
 use biota_gateway::store::StoreReader;
 use biota_gateway::systemd::status_line;
@@ -41,11 +43,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let duration = parse_duration(&args.duration)
         .map_err(anyhow::Error::msg)
         .context("--duration")?;
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(file) => GatewayConfig::load(file),
         None => GatewayConfig::from_toml(Path::new("config/demo.toml (built in)"), DEMO_CONFIG),
     }
     .map_err(Failure::from)?;
+    let plc = connect_simulated_plc(&mut config)?;
     let temp;
     let dir = match &args.state_dir {
         Some(dir) => dir.clone(),
@@ -63,6 +66,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         config.drivers.devices("drivers").len(),
         rate
     );
+    if let Some(plc) = &plc {
+        println!("  Modbus TCP       simulated PLC `plc-1` served at {plc}");
+    }
     println!(
         "  running for      {} (Ctrl-C stops)\n",
         format_duration(duration)
@@ -116,6 +122,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         Format::Table,
         &reader.latest(Some("press-1")).map_err(Failure::from)?,
     )?;
+    if plc.is_some() {
+        writeln!(
+            out,
+            "\nExample: biota-gateway query latest --device plc-1   (over Modbus TCP)"
+        )?;
+        print_readings(
+            &mut out,
+            Format::Table,
+            &reader.latest(Some("plc-1")).map_err(Failure::from)?,
+        )?;
+    }
     let now = now_ns();
     writeln!(
         out,
@@ -144,6 +161,26 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// If the configuration has the `demo-plc` register map, serves a
+/// simulated PLC in-process and connects device `plc-1` to it.
+fn connect_simulated_plc(
+    config: &mut GatewayConfig,
+) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    let Some(modbus) = config.drivers.modbus.as_mut() else {
+        return Ok(None);
+    };
+    if !modbus.maps.contains_key("demo-plc") {
+        return Ok(None);
+    }
+    let plc = SimulatedPlc::start(1..=1, 200).context("starting the simulated PLC")?;
+    let connection: TcpConnectionConfig = toml::from_str(&format!(
+        "address = \"{}\"\ndevices = [{{ id = \"plc-1\", unit = 1, map = \"demo-plc\", profile = \"demo-plc\" }}]",
+        plc.address
+    ))?;
+    modbus.tcp.push(connection);
+    Ok(Some(plc.address))
 }
 
 async fn show_live(metrics: Arc<Metrics>, shutdown: CancellationToken, duration: Duration) {

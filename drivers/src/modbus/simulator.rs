@@ -1,0 +1,161 @@
+//! A simulated PLC: a Modbus TCP server (tokio-modbus's server, not ours)
+//! whose registers change with time. The demo serves one in-process so it
+//! can show Modbus next to the sim devices, and the benchmark polls one as
+//! fast as it answers. It runs on its own thread (`plc-simulator`) so its
+//! CPU time can be told apart from the gateway's.
+//!
+//! Every unit id in `units` has `registers` holding registers and as many
+//! input registers, coils and discrete inputs. Holding register `a` of
+//! unit `u` reads `u * 1000 + a + t`, where `t` counts tenths of seconds
+//! since start (so values move and every register differs); input
+//! register `a` holds `f32` pairs of a sine with period 20 s (CDAB-free,
+//! big-endian); coil `a` toggles every second. Beyond `registers` the
+//! server answers "illegal data address"; unknown units get "gateway
+//! target device failed to respond".
+
+use std::future;
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::time::Instant;
+
+use tokio::net::TcpListener;
+use tokio_modbus::server::tcp::{Server, accept_tcp_connection};
+use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
+
+#[derive(Clone)]
+struct Plc {
+    units: RangeInclusive<u8>,
+    registers: u16,
+    started: Instant,
+}
+
+impl Plc {
+    fn tick(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64 / 100
+    }
+
+    fn holding(&self, unit: u8, addr: u16) -> u16 {
+        (u64::from(unit) * 1000 + u64::from(addr) + self.tick()) as u16
+    }
+
+    fn input(&self, unit: u8, addr: u16) -> u16 {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let value = (f64::from(unit)
+            + 10.0 * (std::f64::consts::TAU * seconds / 20.0 + f64::from(addr / 2)).sin())
+            as f32;
+        let [a, b, c, d] = value.to_be_bytes();
+        if addr.is_multiple_of(2) {
+            u16::from_be_bytes([a, b])
+        } else {
+            u16::from_be_bytes([c, d])
+        }
+    }
+
+    fn coil(&self, addr: u16) -> bool {
+        (self.started.elapsed().as_secs() + u64::from(addr)).is_multiple_of(2)
+    }
+
+    fn range(&self, addr: u16, count: u16) -> Result<std::ops::Range<u16>, ExceptionCode> {
+        let end = u32::from(addr) + u32::from(count);
+        if count == 0 || end > u32::from(self.registers) {
+            return Err(ExceptionCode::IllegalDataAddress);
+        }
+        Ok(addr..end as u16)
+    }
+
+    fn answer(&self, unit: u8, request: Request<'static>) -> Result<Response, ExceptionCode> {
+        if !self.units.contains(&unit) {
+            return Err(ExceptionCode::GatewayTargetDevice);
+        }
+        match request {
+            Request::ReadHoldingRegisters(addr, count) => Ok(Response::ReadHoldingRegisters(
+                self.range(addr, count)?
+                    .map(|a| self.holding(unit, a))
+                    .collect(),
+            )),
+            Request::ReadInputRegisters(addr, count) => Ok(Response::ReadInputRegisters(
+                self.range(addr, count)?
+                    .map(|a| self.input(unit, a))
+                    .collect(),
+            )),
+            Request::ReadCoils(addr, count) => Ok(Response::ReadCoils(
+                self.range(addr, count)?.map(|a| self.coil(a)).collect(),
+            )),
+            Request::ReadDiscreteInputs(addr, count) => Ok(Response::ReadDiscreteInputs(
+                self.range(addr, count)?.map(|a| !self.coil(a)).collect(),
+            )),
+            _ => Err(ExceptionCode::IllegalFunction),
+        }
+    }
+}
+
+impl tokio_modbus::server::Service for Plc {
+    type Request = SlaveRequest<'static>;
+    type Response = Response;
+    type Exception = ExceptionCode;
+    type Future = future::Ready<Result<Response, ExceptionCode>>;
+
+    fn call(&self, req: Self::Request) -> Self::Future {
+        future::ready(self.answer(req.slave, req.request))
+    }
+}
+
+/// A running simulated PLC; dropping it does not stop it (it ends with
+/// the process), which is what the demo and the benchmark need.
+pub struct SimulatedPlc {
+    pub address: SocketAddr,
+}
+
+impl SimulatedPlc {
+    /// Starts serving on `127.0.0.1` (a free port) on its own thread.
+    pub fn start(units: RangeInclusive<u8>, registers: u16) -> std::io::Result<Self> {
+        let std_listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+        std_listener.set_nonblocking(true)?;
+        let address = std_listener.local_addr()?;
+        let plc = Plc {
+            units,
+            registers,
+            started: Instant::now(),
+        };
+        std::thread::Builder::new()
+            .name("plc-simulator".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the simulated PLC");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let listener = match TcpListener::from_std(std_listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot listen for the simulated PLC");
+                            return;
+                        }
+                    };
+                    let server = Server::new(listener);
+                    let on_connected = |stream, addr| {
+                        let plc = plc.clone();
+                        async move {
+                            accept_tcp_connection(stream, addr, move |_| Ok(Some(plc.clone())))
+                        }
+                    };
+                    if let Err(e) = server
+                        .serve(
+                            &on_connected,
+                            |e| tracing::debug!(error = %e, "simulated PLC connection ended"),
+                        )
+                        .await
+                    {
+                        tracing::error!(error = %e, "the simulated PLC stopped");
+                    }
+                });
+            })?;
+        Ok(Self { address })
+    }
+}
