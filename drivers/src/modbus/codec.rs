@@ -154,10 +154,13 @@ fn array<const N: usize>(bytes: &[u8]) -> [u8; N] {
 }
 
 /// Decodes one value from its registers (`regs.len() == width`). `bit`
-/// is the bit index of a `Bit` point.
+/// is the bit index of a `Bit` point. Numbers decode without allocating.
 pub fn decode(ty: DataType, order: Order, bit: u8, regs: &[u16]) -> RawValue {
     if ty == DataType::Bit {
         return RawValue::Bool(regs.first().is_some_and(|r| r >> (bit & 15) & 1 == 1));
+    }
+    if ty == DataType::Bool {
+        return RawValue::Bool(regs.first().is_some_and(|r| *r != 0));
     }
     if ty == DataType::String {
         // Strings keep their words in order; only the byte half applies.
@@ -170,9 +173,24 @@ pub fn decode(ty: DataType, order: Order, bit: u8, regs: &[u16]) -> RawValue {
         let text = String::from_utf8_lossy(&bytes);
         return RawValue::Text(text.trim_end_matches(['\0', ' ']).to_owned());
     }
-    let bytes = to_bytes(regs, order);
+    // Big-endian bytes of up to 4 registers, on the stack.
+    let n = regs.len().min(4);
+    let mut bytes = [0u8; 8];
+    for i in 0..n {
+        let word = if order.words_swapped() {
+            regs[n - 1 - i]
+        } else {
+            regs[i]
+        };
+        let [hi, lo] = word.to_be_bytes();
+        let pair = if order.bytes_swapped() {
+            [lo, hi]
+        } else {
+            [hi, lo]
+        };
+        bytes[2 * i..2 * i + 2].copy_from_slice(&pair);
+    }
     match ty {
-        DataType::Bool => RawValue::Bool(regs.first().is_some_and(|r| *r != 0)),
         DataType::U16 => RawValue::U64(u64::from(u16::from_be_bytes(array(&bytes)))),
         DataType::I16 => RawValue::I64(i64::from(i16::from_be_bytes(array(&bytes)))),
         DataType::U32 => RawValue::U64(u64::from(u32::from_be_bytes(array(&bytes)))),
@@ -181,7 +199,7 @@ pub fn decode(ty: DataType, order: Order, bit: u8, regs: &[u16]) -> RawValue {
         DataType::I64 => RawValue::I64(i64::from_be_bytes(array(&bytes))),
         DataType::F32 => RawValue::F64(f64::from(f32::from_be_bytes(array(&bytes)))),
         DataType::F64 => RawValue::F64(f64::from_be_bytes(array(&bytes))),
-        DataType::Bit | DataType::String => unreachable!("handled above"),
+        DataType::Bool | DataType::Bit | DataType::String => unreachable!("handled above"),
     }
 }
 

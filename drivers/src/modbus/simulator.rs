@@ -16,6 +16,8 @@
 use std::future;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use tokio::net::TcpListener;
@@ -27,6 +29,7 @@ struct Plc {
     units: RangeInclusive<u8>,
     registers: u16,
     started: Instant,
+    requests: Arc<AtomicU64>,
 }
 
 impl Plc {
@@ -96,6 +99,7 @@ impl tokio_modbus::server::Service for Plc {
     type Future = future::Ready<Result<Response, ExceptionCode>>;
 
     fn call(&self, req: Self::Request) -> Self::Future {
+        self.requests.fetch_add(1, Ordering::Relaxed);
         future::ready(self.answer(req.slave, req.request))
     }
 }
@@ -104,6 +108,8 @@ impl tokio_modbus::server::Service for Plc {
 /// the process), which is what the demo and the benchmark need.
 pub struct SimulatedPlc {
     pub address: SocketAddr,
+    /// Requests answered so far (for the benchmark's requests per cycle).
+    pub requests: Arc<AtomicU64>,
 }
 
 impl SimulatedPlc {
@@ -112,10 +118,12 @@ impl SimulatedPlc {
         let std_listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
         std_listener.set_nonblocking(true)?;
         let address = std_listener.local_addr()?;
+        let requests = Arc::new(AtomicU64::new(0));
         let plc = Plc {
             units,
             registers,
             started: Instant::now(),
+            requests: requests.clone(),
         };
         std::thread::Builder::new()
             .name("plc-simulator".into())
@@ -156,6 +164,6 @@ impl SimulatedPlc {
                     }
                 });
             })?;
-        Ok(Self { address })
+        Ok(Self { address, requests })
     }
 }

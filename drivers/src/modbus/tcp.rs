@@ -268,9 +268,15 @@ impl TcpConnection {
                 let Some((d, g, due)) = self.next_due() else {
                     return;
                 };
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep_until(due) => {}
+                // An overdue group is polled at once: a timer, even one
+                // already expired, would wait for the next millisecond tick.
+                if due > Instant::now() {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep_until(due) => {}
+                    }
+                } else if shutdown.is_cancelled() {
+                    return;
                 }
                 let (out, link_ok) = self.poll_group(&mut ctx, d, g).await;
                 if !send(&sink, &self.devices, out, &shutdown).await {

@@ -66,6 +66,17 @@ enum Bench {
         #[arg(long, default_value = "1GiB")]
         size: String,
     },
+    /// Modbus TCP: a simulated PLC in-process, polled as fast as it answers.
+    Modbus {
+        #[arg(long, default_value = "30s")]
+        duration: String,
+        /// Unit ids served (each a device in the gateway).
+        #[arg(long, default_value_t = 100)]
+        units: u8,
+        /// Holding registers per unit, each a u16 point.
+        #[arg(long, default_value_t = 100)]
+        registers: u16,
+    },
     /// All of the above with their default settings.
     All,
 }
@@ -97,10 +108,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         } => memory(&dir, &duration, rate, series).await?,
         Bench::Query { series } => query(&dir, series)?,
         Bench::Ready { size } => ready(&dir, &size)?,
+        Bench::Modbus {
+            duration,
+            units,
+            registers,
+        } => modbus(&dir, &duration, units, registers).await?,
         Bench::All => {
             query(&dir, 10_000)?;
             memory(&dir, "30s", 10_000, 1000).await?;
             ingest(&dir, "60s", 1000, "full", 64).await?;
+            modbus(&dir, "30s", 100, 100).await?;
             ready(&dir, "1GiB")?;
         }
     }
@@ -463,6 +480,107 @@ fn time_to_ready(exe: &Path, config: &Path, dir: &Path) -> anyhow::Result<Durati
         .status()?;
     child.wait()?;
     result
+}
+
+async fn modbus(dir: &Path, duration: &str, units: u8, registers: u16) -> anyhow::Result<()> {
+    use biota_drivers::modbus::simulator::SimulatedPlc;
+    let duration = parse_duration(duration).map_err(anyhow::Error::msg)?;
+    if duration < Duration::from_secs(1) || units == 0 || registers == 0 {
+        bail!("--duration must be at least 1s, --units and --registers at least 1");
+    }
+    let plc = SimulatedPlc::start(1..=units, registers)?;
+    let points: Vec<String> = (0..registers)
+        .map(|a| {
+            format!(
+                "{{ name = \"r{a}\", area = \"holding_register\", address = {a}, type = \"u16\" }}"
+            )
+        })
+        .collect();
+    let devices: Vec<String> = (1..=units)
+        .map(|u| format!("{{ id = \"unit-{u}\", unit = {u}, map = \"bench\" }}"))
+        .collect();
+    let text = format!(
+        "[store]\npath = \"modbus.db\"\ncache_mib = 128\ncommit_max_readings = 300000\ncommit_max_delay = \"500ms\"\n\
+         [store.retention]\nmax_size = \"off\"\n\
+         [[drivers.modbus.tcp]]\naddress = \"{}\"\ndevices = [{}]\n\
+         [drivers.modbus.maps.bench]\n[[drivers.modbus.maps.bench.groups]]\nname = \"all\"\ninterval = \"1ms\"\npoints = [{}]\n",
+        plc.address,
+        devices.join(", "),
+        points.join(", ")
+    );
+    let config = GatewayConfig::from_toml(Path::new("bench-modbus.toml"), &text)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let db = config.db_path(dir);
+    let _ = std::fs::remove_file(&db);
+    let minimum = u64::from(units) * u64::from(registers.div_ceil(plan_limit()));
+    println!(
+        "\n## modbus: simulated PLC over TCP, {units} units x {registers} registers (u16 points), polled as fast as it answers, {}",
+        format_duration(duration)
+    );
+    let shutdown = CancellationToken::new();
+    let gateway = Gateway::start(&config, &db, shutdown.clone()).await?;
+    let metrics = gateway.metrics().clone();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let start = metrics.snapshot();
+    let cpu_start = cpu_seconds();
+    let requests_start = plc.requests.load(std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(duration).await;
+    let end = metrics.snapshot();
+    let cpu_end = cpu_seconds();
+    let requests = plc.requests.load(std::sync::atomic::Ordering::Relaxed) - requests_start;
+    shutdown.cancel();
+    gateway.stopped().await;
+    let stored = end.committed - start.committed;
+    let cycles = stored as f64 / (f64::from(units) * f64::from(registers));
+    let gateway_cpu = (cpu_end.0 - cpu_start.0) - (cpu_end.1 - cpu_start.1);
+    println!(
+        "points stored/s {:.0}   gateway CPU {:.2} us/point ({:.2} s of CPU; the simulator's {:.2} s excluded)",
+        end.commit_rate(&start),
+        gateway_cpu * 1e6 / stored.max(1) as f64,
+        gateway_cpu,
+        cpu_end.1 - cpu_start.1
+    );
+    println!(
+        "requests per cycle {:.1} (minimum {minimum}: {units} units x ceil({registers}/125))",
+        requests as f64 / cycles.max(1.0)
+    );
+    Ok(())
+}
+
+fn plan_limit() -> u16 {
+    biota_drivers::modbus::plan::MAX_READ_REGISTERS
+}
+
+/// (CPU seconds of the whole process, CPU seconds of the `plc-simulator` thread).
+fn cpu_seconds() -> (f64, f64) {
+    // utime + stime are fields 14 and 15 of /proc/.../stat, in clock ticks (100 Hz on Linux).
+    fn ticks(stat: &str) -> f64 {
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let field = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // After the ")", field 3 of the man page is index 0: utime is 14 -> 11, stime 15 -> 12.
+        (field(11) + field(12)) / 100.0
+    }
+    let total = std::fs::read_to_string("/proc/self/stat")
+        .map(|s| ticks(&s))
+        .unwrap_or(0.0);
+    let mut simulator = 0.0;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim() == "plc-simulator" {
+                simulator += std::fs::read_to_string(task.path().join("stat"))
+                    .map(|s| ticks(&s))
+                    .unwrap_or(0.0);
+            }
+        }
+    }
+    (total, simulator)
 }
 
 fn rss_kib() -> u64 {
