@@ -14,6 +14,7 @@
 pub mod codec;
 pub mod config;
 pub mod plan;
+mod poll;
 pub mod simulator;
 mod tcp;
 
