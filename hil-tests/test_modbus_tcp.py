@@ -125,10 +125,11 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, str(SERVER), str(self.port), str(self.layout_file)],
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            # pymodbus logs every frame: a pipe nobody reads would fill and stall it.
+            stderr=subprocess.DEVNULL,
             text=True,
         )
-        assert self.proc.stdout.readline().strip() == "listening", self.proc.stderr.read()
+        assert self.proc.stdout.readline().strip() == "listening", "the pymodbus server did not start"
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             with socket.socket() as s:

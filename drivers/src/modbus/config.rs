@@ -290,10 +290,6 @@ impl ModbusConfig {
         let mut paths = HashSet::new();
         for (b, bus) in self.rtu.iter().enumerate() {
             let bpath = format!("{path}.rtu[{b}]");
-            err(
-                bpath.clone(),
-                "Modbus RTU polling is not in this build yet (TCP is); remove the bus or use a TCP-to-RTU gateway".into(),
-            );
             if !paths.insert(&bus.path) {
                 err(
                     format!("{bpath}.path"),
@@ -575,9 +571,6 @@ points = [
                 "modbus.maps.m.groups[0].points[6].writable",
                 "modbus.maps.m.groups[0].points[7].address",
                 "modbus.maps.m.groups[0].points[8].name",
-                // RTU polling is not in this build yet: said first, then
-                // the bus's own errors, so a fixed config is ready for it.
-                "modbus.rtu[0]",
                 "modbus.rtu[0].stop_bits",
                 "modbus.rtu[0].devices[0].unit",
                 "modbus.rtu[0].devices[1].map",

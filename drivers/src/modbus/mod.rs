@@ -1,20 +1,20 @@
-//! Modbus TCP (and, next, RTU): devices described by register maps,
-//! polled with coalesced requests, decoded by data type and byte/word
-//! order.
+//! Modbus TCP and RTU: devices described by register maps, polled with
+//! coalesced requests, decoded by data type and byte/word order.
 //!
 //! - [`config`]: connections, buses, devices, register maps, validation.
 //! - [`codec`]: registers ⇄ typed values.
 //! - [`plan`]: coalescing reads, splitting rejected ones.
-//! - `tcp`: the per-connection polling task.
+//! - `poll`: polling one device (reads, splits, decoding, quality).
+//! - `tcp`: one task per TCP connection; `rtu`: one task per serial bus.
+//! - [`simulator`]: a simulated PLC for the demo and the benchmark.
 //!
-//! Work in progress (issue #3): RTU buses, writes and per-slave counters
-//! follow. Until RTU polling exists, a configuration with
-//! `[[drivers.modbus.rtu]]` is refused instead of silently polling nothing.
+//! Work in progress (issue #3): writes and exported per-slave counters.
 
 pub mod codec;
 pub mod config;
 pub mod plan;
 mod poll;
+mod rtu;
 pub mod simulator;
 mod tcp;
 
@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::SampleSink;
 
-/// The Modbus driver: one task per TCP connection.
+/// The Modbus driver: one task per TCP connection and per serial bus.
 pub struct ModbusDriver {
     config: ModbusConfig,
     sink: SampleSink,
@@ -41,6 +41,10 @@ impl ModbusDriver {
         let tracker = TaskTracker::new();
         for connection in &self.config.tcp {
             let task = tcp::TcpConnection::new(connection, &self.config);
+            tracker.spawn(task.run(self.sink.clone(), shutdown.clone()));
+        }
+        for bus in &self.config.rtu {
+            let task = rtu::RtuBus::new(bus, &self.config);
             tracker.spawn(task.run(self.sink.clone(), shutdown.clone()));
         }
         tracker.close();
