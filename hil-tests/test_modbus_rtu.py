@@ -38,11 +38,9 @@ def serial_pair(tmp_path: Path):
     socat.wait(timeout=10)
 
 
-@pytest.fixture
-def rtu_slaves(serial_pair):
-    gateway_end, device_end = serial_pair
+def start_slaves(device_end: Path, *units: str) -> subprocess.Popen:
     server = subprocess.Popen(
-        [sys.executable, str(SERVER), str(device_end), str(BAUD), "1", "2"],
+        [sys.executable, str(SERVER), str(device_end), str(BAUD), *units],
         stdout=subprocess.PIPE,
         # pymodbus logs every frame: a pipe nobody reads would fill and stall it.
         stderr=subprocess.DEVNULL,
@@ -50,6 +48,13 @@ def rtu_slaves(serial_pair):
     )
     assert server.stdout.readline().strip() == "listening", "the pymodbus RTU server did not start"
     time.sleep(0.5)  # the serial server opens the port after printing
+    return server
+
+
+@pytest.fixture
+def rtu_slaves(serial_pair):
+    gateway_end, device_end = serial_pair
+    server = start_slaves(device_end, "1", "2")
     yield gateway_end
     server.kill()
     server.wait(timeout=10)
@@ -128,3 +133,69 @@ def test_three_slaves_one_silent_keep_their_rate(gateway_bin, rtu_slaves, spawn,
     silent = [l for l in log.splitlines() if "stopped answering" in l]
     assert any("slave-3" in l for l in silent), f"slave 3 was not silent (timeouts expected):\n{log[-3000:]}"
     assert not any("slave-1" in l or "slave-2" in l for l in silent), silent
+
+
+def test_every_type_and_order_over_rtu(gateway_bin, serial_pair, spawn, write_config, state_dir, tmp_path):
+    """The checks of test_modbus_tcp.py, over a serial line: registers prepared
+    by pymodbus's encoders for every type and byte/word order, strings, bits,
+    coils, inputs, and holes the map bridges (merged reads split)."""
+    import json
+
+    from test_modbus_tcp import build_layout
+
+    gateway_end, device_end = serial_pair
+    layout, points, expected = build_layout()
+    layout_file = tmp_path / "layout.json"
+    layout_file.write_text(json.dumps(layout))
+    server = start_slaves(device_end, f"5={layout_file}")
+    try:
+        joined = ",\n  ".join(points)
+        text = f"""
+[store]
+commit_max_delay = "20ms"
+[[drivers.modbus.rtu]]
+path = "{gateway_end}"
+baud = {BAUD}
+timeout = "300ms"
+devices = [{{ id = "plc-rtu", unit = 5, map = "plc" }}]
+[drivers.modbus.maps.plc]
+max_gap = 30
+[[drivers.modbus.maps.plc.groups]]
+name = "all"
+interval = "200ms"
+points = [
+  {joined},
+]
+"""
+        gw = spawn(gateway_bin, write_config(text), state_dir)
+        gw.wait_ready(timeout=30)
+        db = state_dir / "gateway.db"
+        deadline = time.monotonic() + 20
+        values: dict = {}
+        while time.monotonic() < deadline:
+            conn = open_db_ro(db)
+            try:
+                values = {
+                    point: (value, flags & 3)
+                    for point, value, flags in conn.execute(
+                        "SELECT s.point, r.value, r.flags FROM latest x JOIN series s ON s.id = x.series "
+                        "JOIN readings r ON r.seq = x.seq WHERE s.device = 'plc-rtu'"
+                    )
+                }
+            finally:
+                conn.close()
+            if set(expected) <= set(values):
+                break
+            time.sleep(0.2)
+        assert set(expected) <= set(values), f"not read over RTU: {sorted(set(expected) - set(values))}"
+        for point, want in expected.items():
+            got, quality = values[point]
+            assert quality == 0, (point, quality)
+            if isinstance(want, bool):
+                assert got == int(want), (point, got, want)
+            else:
+                assert got == want, (point, got, want)
+        assert gw.stop(timeout=40) == 0
+    finally:
+        server.kill()
+        server.wait(timeout=10)

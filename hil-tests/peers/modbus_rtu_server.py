@@ -1,14 +1,16 @@
 """A Modbus RTU slave for the hil-tests, run by pymodbus (not our code).
 
-    python modbus_rtu_server.py SERIAL_PATH BAUD UNIT [UNIT ...]
+    python modbus_rtu_server.py SERIAL_PATH BAUD UNIT[=LAYOUT.json] [UNIT ...]
 
 Serves the given unit ids on one serial line (a socat pty in the tests);
 requests to any other unit id go unanswered, like a silent slave on a real
-bus. Holding register N of unit U holds U * 100 + N (N = 0..9).
-Prints "listening" once the port is open.
+bus. A unit with a layout file serves it (the format of
+modbus_tcp_server.py); one without holds U * 100 + N in holding register N
+(N = 0..9). Prints "listening" once the port is open.
 """
 
 import asyncio
+import json
 import sys
 
 from pymodbus import FramerType
@@ -36,13 +38,27 @@ def _unknown_unit_is_silent() -> None:
 _unknown_unit_is_silent()
 
 
+def block(values: dict) -> ModbusSparseDataBlock:
+    return ModbusSparseDataBlock({int(a): v for a, v in values.items()} or {65535: 0})
+
+
 async def main() -> None:
     path, baud = sys.argv[1], int(sys.argv[2])
-    units = [int(u) for u in sys.argv[3:]]
-    devices = {
-        u: ModbusDeviceContext(hr=ModbusSparseDataBlock({a: u * 100 + a for a in range(10)}))
-        for u in units
-    }
+    devices = {}
+    for arg in sys.argv[3:]:
+        unit, _, layout_file = arg.partition("=")
+        u = int(unit)
+        if layout_file:
+            with open(layout_file) as f:
+                layout = json.load(f)
+            devices[u] = ModbusDeviceContext(
+                di=block(layout.get("discrete", {})),
+                co=block(layout.get("coils", {})),
+                hr=block(layout.get("holding", {})),
+                ir=block(layout.get("input", {})),
+            )
+        else:
+            devices[u] = ModbusDeviceContext(hr=ModbusSparseDataBlock({a: u * 100 + a for a in range(10)}))
     context = ModbusServerContext(devices=devices, single=False)
     print("listening", flush=True)
     # ignore_missing_devices: an unknown unit id gets no answer at all, as on
