@@ -34,6 +34,20 @@ pub enum RawValue {
     Bytes(Vec<u8>),
 }
 
+impl RawValue {
+    /// The type's name, for messages.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            RawValue::Bool(_) => "bool",
+            RawValue::I64(_) => "i64",
+            RawValue::U64(_) => "u64",
+            RawValue::F64(_) => "f64",
+            RawValue::Text(_) => "text",
+            RawValue::Bytes(_) => "bytes",
+        }
+    }
+}
+
 /// What the driver knows about a sample's trustworthiness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SampleQuality {

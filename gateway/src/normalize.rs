@@ -263,17 +263,13 @@ impl Normalizer {
 }
 
 fn mismatch(raw: &RawValue, kind: ValueKind) -> Rejection {
-    let raw_kind = match raw {
-        RawValue::Bool(_) => "bool",
-        RawValue::I64(_) => "i64",
-        RawValue::U64(_) => "u64",
-        RawValue::F64(_) => "f64",
-        RawValue::Text(_) => "text",
-        RawValue::Bytes(_) => "bytes",
-    };
     Rejection {
         reason: RejectReason::TypeMismatch,
-        detail: format!("a {raw_kind} value cannot become {}", kind.as_str()),
+        detail: format!(
+            "a {} value cannot become {}",
+            raw.kind_name(),
+            kind.as_str()
+        ),
     }
 }
 

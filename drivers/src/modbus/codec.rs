@@ -203,17 +203,6 @@ pub fn decode(ty: DataType, order: Order, bit: u8, regs: &[u16]) -> RawValue {
     }
 }
 
-fn kind(value: &RawValue) -> &'static str {
-    match value {
-        RawValue::Bool(_) => "bool",
-        RawValue::I64(_) => "i64",
-        RawValue::U64(_) => "u64",
-        RawValue::F64(_) => "f64",
-        RawValue::Text(_) => "text",
-        RawValue::Bytes(_) => "bytes",
-    }
-}
-
 /// Encodes a value into the registers of a point of type `ty` (`length`
 /// registers for strings). Numbers must fit the type exactly: a write
 /// never silently truncates.
@@ -228,7 +217,7 @@ pub fn encode(
         ty: ty.as_str(),
     };
     let wrong = || EncodeError::WrongKind {
-        given: kind(value),
+        given: value.kind_name(),
         ty: ty.as_str(),
     };
     let int = || -> Result<i128, EncodeError> {

@@ -296,6 +296,41 @@ async fn read(
     }
 }
 
+/// Waits until `due`; false if the gateway stops first. An overdue group
+/// is polled at once: a timer, even an expired one, would wait for the
+/// next millisecond tick.
+pub(crate) async fn wait_until(due: Instant, shutdown: &CancellationToken) -> bool {
+    if due > Instant::now() {
+        tokio::select! {
+            () = shutdown.cancelled() => false,
+            () = tokio::time::sleep_until(due) => true,
+        }
+    } else {
+        !shutdown.is_cancelled()
+    }
+}
+
+/// The link is down: every device on it goes offline (once), then wait
+/// `delay` before the next attempt. False if the gateway stops meanwhile.
+pub(crate) async fn link_down(
+    devices: &mut [DeviceRt],
+    sink: &SampleSink,
+    delay: Duration,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut out = Vec::new();
+    for d in devices.iter_mut() {
+        d.went_offline(&mut out);
+    }
+    if !send(sink, devices, out, shutdown).await {
+        return false;
+    }
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(delay) => true,
+    }
+}
+
 /// The (device, group) due first; `ready_at` may hold a device back (a
 /// slave in back-off).
 pub(crate) fn next_due(

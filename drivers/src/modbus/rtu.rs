@@ -14,7 +14,7 @@ use tokio_serial::SerialPortBuilderExt;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{ModbusConfig, Parity, RtuBusConfig};
-use super::poll::{DeviceRt, Outcome, next_due, send};
+use super::poll::{DeviceRt, Outcome, link_down, next_due, send, wait_until};
 use crate::SampleSink;
 
 /// Longest wait between attempts to open a serial port.
@@ -98,16 +98,8 @@ impl RtuBus {
                 }
                 Err(e) => {
                     tracing::warn!(path = %self.config.path.display(), error = %e, retry_in = ?reopen_delay, "cannot open the serial bus");
-                    let mut out = Vec::new();
-                    for d in &mut self.devices {
-                        d.went_offline(&mut out);
-                    }
-                    if !send(&sink, &self.devices, out, &shutdown).await {
+                    if !link_down(&mut self.devices, &sink, reopen_delay, &shutdown).await {
                         return;
-                    }
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(reopen_delay) => {}
                     }
                     reopen_delay = (reopen_delay * 2).min(MAX_REOPEN_DELAY);
                     continue;
@@ -119,12 +111,7 @@ impl RtuBus {
                 let Some((d, g, due)) = next_due(&self.devices, |d| backoff[d]) else {
                     return;
                 };
-                if due > Instant::now() {
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep_until(due) => {}
-                    }
-                } else if shutdown.is_cancelled() {
+                if !wait_until(due, &shutdown).await {
                     return;
                 }
                 let (mut out, outcome) =

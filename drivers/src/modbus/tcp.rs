@@ -14,12 +14,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::time::Instant;
 use tokio_modbus::client::Context;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{ModbusConfig, TcpConnectionConfig};
-use super::poll::{DeviceRt, Outcome, next_due, send};
+use super::poll::{DeviceRt, Outcome, link_down, next_due, send, wait_until};
 use crate::{SampleSink, now_ns};
 
 /// Polls one TCP connection until shutdown.
@@ -62,16 +61,8 @@ impl TcpConnection {
                 }
                 Err(e) => {
                     tracing::warn!(address = %self.config.address, error = %e, retry_in = ?delay, "cannot connect to Modbus TCP device");
-                    let mut out = Vec::new();
-                    for d in &mut self.devices {
-                        d.went_offline(&mut out);
-                    }
-                    if !send(&sink, &self.devices, out, &shutdown).await {
+                    if !link_down(&mut self.devices, &sink, jitter(delay), &shutdown).await {
                         return;
-                    }
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(jitter(delay)) => {}
                     }
                     delay = (delay * 2).min(self.config.reconnect_max);
                     continue;
@@ -82,14 +73,7 @@ impl TcpConnection {
                 let Some((d, g, due)) = next_due(&self.devices, |_| None) else {
                     return;
                 };
-                // An overdue group is polled at once: a timer, even one
-                // already expired, would wait for the next millisecond tick.
-                if due > Instant::now() {
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep_until(due) => {}
-                    }
-                } else if shutdown.is_cancelled() {
+                if !wait_until(due, &shutdown).await {
                     return;
                 }
                 let (mut out, outcome) =
