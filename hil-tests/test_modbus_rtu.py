@@ -141,7 +141,7 @@ def test_every_type_and_order_over_rtu(gateway_bin, serial_pair, spawn, write_co
     coils, inputs, and holes the map bridges (merged reads split)."""
     import json
 
-    from test_modbus_tcp import build_layout
+    from test_modbus_tcp import build_layout, plc_map
 
     gateway_end, device_end = serial_pair
     layout, points, expected = build_layout()
@@ -149,7 +149,6 @@ def test_every_type_and_order_over_rtu(gateway_bin, serial_pair, spawn, write_co
     layout_file.write_text(json.dumps(layout))
     server = start_slaves(device_end, f"5={layout_file}")
     try:
-        joined = ",\n  ".join(points)
         text = f"""
 [store]
 commit_max_delay = "20ms"
@@ -158,15 +157,7 @@ path = "{gateway_end}"
 baud = {BAUD}
 timeout = "300ms"
 devices = [{{ id = "plc-rtu", unit = 5, map = "plc" }}]
-[drivers.modbus.maps.plc]
-max_gap = 30
-[[drivers.modbus.maps.plc.groups]]
-name = "all"
-interval = "200ms"
-points = [
-  {joined},
-]
-"""
+""" + plc_map(points, "200ms")
         gw = spawn(gateway_bin, write_config(text), state_dir)
         gw.wait_ready(timeout=30)
         db = state_dir / "gateway.db"

@@ -155,8 +155,22 @@ def modbus_server(tmp_path: Path):
     server.kill()
 
 
-def gateway_config(port: int, points: list[str]) -> str:
+def plc_map(points: list[str], interval: str) -> str:
+    """The register map `plc` over `points` (TOML), shared with the RTU test."""
     joined = ",\n  ".join(points)
+    return f"""
+[drivers.modbus.maps.plc]
+max_gap = 30
+[[drivers.modbus.maps.plc.groups]]
+name = "all"
+interval = "{interval}"
+points = [
+  {joined},
+]
+"""
+
+
+def gateway_config(port: int, points: list[str]) -> str:
     return f"""
 [store]
 commit_max_delay = "20ms"
@@ -167,16 +181,7 @@ timeout = "300ms"
 reconnect_min = "100ms"
 reconnect_max = "500ms"
 devices = [{{ id = "plc-1", unit = 1, map = "plc" }}]
-
-[drivers.modbus.maps.plc]
-max_gap = 30
-[[drivers.modbus.maps.plc.groups]]
-name = "all"
-interval = "100ms"
-points = [
-  {joined},
-]
-"""
+""" + plc_map(points, "100ms")
 
 
 def latest(binary: Path, db: Path) -> dict[str, dict]:

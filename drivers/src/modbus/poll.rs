@@ -46,6 +46,19 @@ pub(crate) struct DeviceRt {
 }
 
 impl DeviceRt {
+    /// The devices of one link, each with its compiled map (validation has
+    /// made sure every map exists); `source` names a device's link address.
+    pub(crate) fn for_link(
+        devices: &[ModbusDeviceConfig],
+        maps: &std::collections::BTreeMap<String, RegisterMap>,
+        source: impl Fn(&ModbusDeviceConfig) -> String,
+    ) -> Vec<Self> {
+        devices
+            .iter()
+            .filter_map(|d| Some(Self::new(d, maps.get(&d.map)?, source(d))))
+            .collect()
+    }
+
     pub(crate) fn new(device: &ModbusDeviceConfig, map: &RegisterMap, source: String) -> Self {
         let limits = Limits {
             register_gap: map.max_gap,

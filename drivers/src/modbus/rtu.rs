@@ -30,18 +30,9 @@ pub(crate) struct RtuBus {
 
 impl RtuBus {
     pub(crate) fn new(config: &RtuBusConfig, modbus: &ModbusConfig) -> Self {
-        let devices: Vec<DeviceRt> = config
-            .devices
-            .iter()
-            .filter_map(|d| {
-                let map = modbus.maps.get(&d.map)?;
-                Some(DeviceRt::new(
-                    d,
-                    map,
-                    format!("modbus-rtu://{}/{}", config.path.display(), d.unit),
-                ))
-            })
-            .collect();
+        let devices = DeviceRt::for_link(&config.devices, &modbus.maps, |d| {
+            format!("modbus-rtu://{}/{}", config.path.display(), d.unit)
+        });
         Self {
             backoff_until: vec![None; devices.len()],
             config: config.clone(),

@@ -29,18 +29,9 @@ pub(crate) struct TcpConnection {
 
 impl TcpConnection {
     pub(crate) fn new(config: &TcpConnectionConfig, modbus: &ModbusConfig) -> Self {
-        let devices = config
-            .devices
-            .iter()
-            .filter_map(|d| {
-                let map = modbus.maps.get(&d.map)?;
-                Some(DeviceRt::new(
-                    d,
-                    map,
-                    format!("modbus-tcp://{}/{}", config.address, d.unit),
-                ))
-            })
-            .collect();
+        let devices = DeviceRt::for_link(&config.devices, &modbus.maps, |d| {
+            format!("modbus-tcp://{}/{}", config.address, d.unit)
+        });
         Self {
             config: config.clone(),
             devices,
