@@ -13,9 +13,11 @@
 //! *Architecture invariant:* this crate never depends on `biota-gateway`
 //! or `biota-node`.
 
+pub mod command;
 pub mod duration;
 pub mod modbus;
 pub mod sim;
+pub mod stats;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -4,6 +4,8 @@
 //! | module | owns |
 //! |---|---|
 //! | [`cdm`] | the Common Data Model: `Reading`, validation, canonical encoding, leaf hash |
+//! | [`command`] | the one command path into devices (writes), with profile scaling undone |
+//! | [`control`] | the control socket: the CLI's way into the running service |
 //! | [`config`] | the TOML configuration: types, defaults, loading, validation, errors with lines |
 //! | [`normalize`] | device profiles: raw samples → readings |
 //! | [`store`] | SQLite: schema, the one writer, retention, queries |
@@ -19,7 +21,9 @@
 //! the other way round.
 
 pub mod cdm;
+pub mod command;
 pub mod config;
+pub mod control;
 pub mod metrics;
 pub mod normalize;
 pub mod pipeline;

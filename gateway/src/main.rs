@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use biota_gateway::config::{EXIT_CONFIG, GatewayConfig, SAMPLE_CONFIG};
-use biota_gateway::{EXIT_STORE, Gateway, pipeline::StartError, systemd};
+use biota_gateway::{EXIT_STORE, Gateway, control, pipeline::StartError, systemd};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -47,6 +47,11 @@ enum Command {
     Demo(cli::demo::DemoArgs),
     /// Measure ingest, memory, queries and start-up on this machine.
     Bench(cli::bench::BenchArgs),
+    /// Write a value to a device's point, through the running gateway.
+    Write(cli::control::WriteArgs),
+    /// Show every device's state and transaction counters (polls,
+    /// timeouts, CRC errors, exceptions, writes), from the running gateway.
+    Devices(cli::control::DevicesArgs),
 }
 
 fn main() -> ExitCode {
@@ -82,8 +87,9 @@ fn main() -> ExitCode {
             init_logging(&config.log.level);
             let state_dir = biota_gateway::config::state_dir(state_dir.as_deref());
             let db_path = config.db_path(&state_dir);
+            let socket = control::socket_path(&state_dir);
             exit(runtime().map(|rt| {
-                let code = rt.block_on(run(config, db_path));
+                let code = rt.block_on(run(config, db_path, socket));
                 // After a drain that timed out the writer may still be
                 // retrying a commit: do not wait for it, exit.
                 rt.shutdown_timeout(std::time::Duration::from_secs(1));
@@ -91,6 +97,8 @@ fn main() -> ExitCode {
             }))
         }
         Command::Query(args) => exit(cli::query::run(args).map(|()| ExitCode::SUCCESS)),
+        Command::Write(args) => exit(cli::control::write(&args)),
+        Command::Devices(args) => exit(cli::control::devices(&args)),
         Command::Demo(args) => {
             init_logging("warn");
             exit(runtime().and_then(|rt| rt.block_on(cli::demo::run(args))))
@@ -126,6 +134,7 @@ fn exit(result: anyhow::Result<ExitCode>) -> ExitCode {
             let code = match e.downcast_ref::<cli::Failure>() {
                 Some(cli::Failure::Config(_)) => EXIT_CONFIG,
                 Some(cli::Failure::Store(_)) => EXIT_STORE,
+                Some(cli::Failure::Unavailable(_)) => cli::EXIT_UNAVAILABLE,
                 None => 1,
             };
             ExitCode::from(code as u8)
@@ -154,12 +163,17 @@ fn init_logging(level: &str) {
 }
 
 /// `run`: start, signal readiness, run until SIGTERM/SIGINT, drain, exit.
-async fn run(config: GatewayConfig, db_path: PathBuf) -> ExitCode {
+async fn run(config: GatewayConfig, db_path: PathBuf, socket: PathBuf) -> ExitCode {
     let shutdown = CancellationToken::new();
     let gateway = match Gateway::start(&config, &db_path, shutdown.clone()).await {
         Ok(g) => g,
         Err(e) => return start_failed(&e, &db_path),
     };
+    // Without the socket the gateway still collects data; only the
+    // command line's writes and status are unavailable.
+    if let Err(e) = gateway.serve_control(&socket) {
+        tracing::error!(path = %socket.display(), "control socket unavailable: {e}");
+    }
     systemd::ready(&format!("running, store {}", db_path.display()));
     tracing::info!("gateway ready");
     tokio::spawn(systemd::supervise(

@@ -84,6 +84,9 @@ pub struct Metrics {
     pub ingest_queue: Arc<AtomicU64>,
     /// Readings queued between the normalizer and the writer.
     pub writer_queue: Arc<AtomicU64>,
+    /// Device writes that succeeded / failed (any reason).
+    pub writes_ok: AtomicU64,
+    pub writes_failed: AtomicU64,
     per_device: Mutex<HashMap<Arc<str>, u64>>,
 }
 
@@ -118,6 +121,8 @@ impl Metrics {
             writer_heartbeat_ms: AtomicU64::new(0),
             ingest_queue,
             writer_queue,
+            writes_ok: AtomicU64::new(0),
+            writes_failed: AtomicU64::new(0),
             per_device: Mutex::default(),
         }
     }

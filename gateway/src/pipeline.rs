@@ -12,10 +12,11 @@
 //! the writer commits everything it received and ends. [`Gateway::stopped`]
 //! waits for that, bounded by `pipeline.shutdown_timeout`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use biota_drivers::modbus::ModbusDriver;
+use biota_drivers::stats::DeviceStats;
 use biota_drivers::{
     BatchSender, SampleSink, SampleSource, batch_channel, sample_channel, sim::SimDriver,
 };
@@ -23,7 +24,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cdm::Reading;
+use crate::command::CommandBus;
 use crate::config::GatewayConfig;
+use crate::control::{ControlServer, StatusFn};
 use crate::metrics::Metrics;
 use crate::normalize::Normalizer;
 use crate::store::writer::WriterReport;
@@ -49,6 +52,9 @@ pub struct StopReport {
 /// The running pipeline.
 pub struct Gateway {
     metrics: Arc<Metrics>,
+    commands: CommandBus,
+    /// Transaction counters of every device whose driver keeps them.
+    device_stats: Arc<[Arc<DeviceStats>]>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     /// Held until shutdown, so that a gateway with no (or only finished)
@@ -97,12 +103,20 @@ impl Gateway {
         if let Some(sim) = config.drivers.sim.clone() {
             tasks.spawn(SimDriver::new(sim, sample_tx.clone()).run(shutdown.clone()));
         }
+        let mut command_senders = Vec::new();
+        let mut device_stats = Vec::new();
         if let Some(modbus) = config.drivers.modbus.clone() {
-            tasks.spawn(ModbusDriver::new(modbus, sample_tx.clone()).run(shutdown.clone()));
+            let driver = ModbusDriver::new(modbus, sample_tx.clone());
+            command_senders.extend(driver.command_senders());
+            device_stats.extend(driver.stats());
+            tasks.spawn(driver.run(shutdown.clone()));
         }
         tasks.close();
+        let commands = CommandBus::new(config, command_senders, metrics.clone());
         Ok(Self {
             metrics,
+            commands,
+            device_stats: device_stats.into(),
             shutdown,
             tasks,
             idle_sink: Some(sample_tx),
@@ -113,6 +127,30 @@ impl Gateway {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The command path into the devices (writes).
+    pub fn commands(&self) -> &CommandBus {
+        &self.commands
+    }
+
+    /// Per-device transaction counters (polls, timeouts, CRC errors, ...).
+    pub fn device_stats(&self) -> &Arc<[Arc<DeviceStats>]> {
+        &self.device_stats
+    }
+
+    /// Serves the control socket at `path` until shutdown (see
+    /// [`crate::control`]).
+    pub fn serve_control(&self, path: &Path) -> std::io::Result<PathBuf> {
+        let server = ControlServer::bind(path)?;
+        let stats = self.device_stats.clone();
+        let status: StatusFn = Arc::new(move || {
+            let all: Vec<_> = stats.iter().map(|s| s.snapshot()).collect();
+            serde_json::to_value(all).unwrap_or_default()
+        });
+        let path = server.path().to_owned();
+        tokio::spawn(server.serve(self.commands.clone(), status, self.shutdown.clone()));
+        Ok(path)
     }
 
     pub fn shutdown_token(&self) -> &CancellationToken {

@@ -220,6 +220,8 @@ pub fn encode(
         given: value.kind_name(),
         ty: ty.as_str(),
     };
+    // Text is what an operator typed: it is parsed by the point's type,
+    // so integers stay exact and a string point keeps "007" as it is.
     let int = || -> Result<i128, EncodeError> {
         match value {
             RawValue::I64(i) => Ok(i128::from(*i)),
@@ -229,7 +231,12 @@ pub fn encode(
                 Ok(*f as i128)
             }
             RawValue::F64(_) => Err(out_of_range()),
-            _ => Err(wrong()),
+            RawValue::Text(t) => match (t.trim().parse::<i128>(), t.trim().parse::<f64>()) {
+                (Ok(i), _) => Ok(i),
+                (_, Ok(_)) => Err(out_of_range()),
+                _ => Err(wrong()),
+            },
+            RawValue::Bytes(_) => Err(wrong()),
         }
     };
     let float = || -> Result<f64, EncodeError> {
@@ -237,18 +244,29 @@ pub fn encode(
             RawValue::F64(f) => Ok(*f),
             RawValue::I64(i) => Ok(*i as f64),
             RawValue::U64(u) => Ok(*u as f64),
+            RawValue::Text(t) => match t.trim().parse::<f64>() {
+                Ok(f) if f.is_finite() => Ok(f),
+                _ => Err(wrong()),
+            },
             _ => Err(wrong()),
         }
     };
     let bytes: Vec<u8> = match ty {
         DataType::Bool => {
-            return match value {
-                RawValue::Bool(b) => Ok(vec![u16::from(*b)]),
-                RawValue::I64(0) | RawValue::U64(0) => Ok(vec![0]),
-                RawValue::I64(1) | RawValue::U64(1) => Ok(vec![1]),
-                RawValue::I64(_) | RawValue::U64(_) => Err(out_of_range()),
-                _ => Err(wrong()),
+            let bit = match value {
+                RawValue::Bool(b) => *b,
+                RawValue::Text(t) => match t.trim().to_ascii_lowercase().as_str() {
+                    "true" | "on" | "1" => true,
+                    "false" | "off" | "0" => false,
+                    _ => return Err(wrong()),
+                },
+                _ => match int()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(out_of_range()),
+                },
             };
+            return Ok(vec![u16::from(bit)]);
         }
         DataType::Bit => return Err(EncodeError::BitPoint),
         DataType::U16 => u16::try_from(int()?)
@@ -285,8 +303,11 @@ pub fn encode(
         }
         DataType::F64 => float()?.to_be_bytes().to_vec(),
         DataType::String => {
-            let RawValue::Text(text) = value else {
-                return Err(wrong());
+            let text = match value {
+                RawValue::Text(text) => text.clone(),
+                RawValue::I64(i) => i.to_string(),
+                RawValue::U64(u) => u.to_string(),
+                _ => return Err(wrong()),
             };
             let max = usize::from(length) * 2;
             if text.len() > max {
@@ -465,8 +486,16 @@ mod tests {
             Err(EncodeError::OutOfRange { .. })
         ));
         assert!(matches!(
-            encode(DataType::U32, Order::ABCD, 0, &RawValue::Text("1".into())),
+            encode(DataType::U32, Order::ABCD, 0, &RawValue::Text("one".into())),
             Err(EncodeError::WrongKind { .. })
+        ));
+        assert!(matches!(
+            encode(DataType::U32, Order::ABCD, 0, &RawValue::Text("1.5".into())),
+            Err(EncodeError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            encode(DataType::Bool, Order::ABCD, 0, &RawValue::I64(2)),
+            Err(EncodeError::OutOfRange { .. })
         ));
         assert_eq!(
             encode(DataType::I16, Order::ABCD, 0, &RawValue::F64(-2.0)),
@@ -479,6 +508,38 @@ mod tests {
         assert_eq!(
             encode(DataType::Bit, Order::ABCD, 0, &RawValue::Bool(true)),
             Err(EncodeError::BitPoint)
+        );
+    }
+
+    #[test]
+    fn typed_text_is_parsed_by_the_point_type() {
+        let text = |t: &str| RawValue::Text(t.into());
+        assert_eq!(
+            encode(DataType::U64, Order::ABCD, 0, &text("18446744073709551615")),
+            Ok(vec![0xFFFF; 4])
+        );
+        assert_eq!(
+            encode(DataType::I16, Order::ABCD, 0, &text(" -2 ")),
+            Ok(vec![0xFFFE])
+        );
+        assert_eq!(
+            encode(DataType::F32, Order::ABCD, 0, &text("1.5")),
+            Ok(vec![0x3FC0, 0x0000])
+        );
+        assert!(matches!(
+            encode(DataType::F32, Order::ABCD, 0, &text("nan")),
+            Err(EncodeError::WrongKind { .. })
+        ));
+        for (t, bit) in [("on", 1), ("TRUE", 1), ("1", 1), ("off", 0), ("false", 0)] {
+            assert_eq!(
+                encode(DataType::Bool, Order::ABCD, 0, &text(t)),
+                Ok(vec![bit])
+            );
+        }
+        // A string point keeps exactly what was typed.
+        assert_eq!(
+            encode(DataType::String, Order::ABCD, 2, &text("007")),
+            Ok(vec![0x3030, 0x3700])
         );
     }
 }

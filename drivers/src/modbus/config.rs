@@ -172,6 +172,11 @@ pub struct PointMapConfig {
     /// Read a written value back and compare. Default: false.
     #[serde(default)]
     pub verify: bool,
+    /// Write with the "multiple" function codes (15 for a coil, 16 for
+    /// a register) even when one coil or register would take 5 or 6:
+    /// some devices only implement 15 and 16. Default: false.
+    #[serde(default)]
+    pub write_multiple: bool,
 }
 
 impl PointMapConfig {
@@ -456,6 +461,12 @@ fn validate_map(mpath: &str, map: &RegisterMap, err: &mut dyn FnMut(String, Stri
                 err(
                     format!("{key}.verify"),
                     format!("{who}: verify applies to writable points"),
+                );
+            }
+            if point.write_multiple && !point.writable {
+                err(
+                    format!("{key}.write_multiple"),
+                    format!("{who}: write_multiple applies to writable points"),
                 );
             }
             let bit = (point.ty == DataType::Bit).then_some(point.bit.unwrap_or(0));

@@ -8,7 +8,8 @@
 //! - `tcp`: one task per TCP connection; `rtu`: one task per serial bus.
 //! - [`simulator`]: a simulated PLC for the demo and the benchmark.
 //!
-//! Work in progress (issue #3): writes and exported per-slave counters.
+//! Writes arrive on each link's command queue ([`crate::command`]) and run
+//! between polls, so a bus never sees two transactions at once.
 
 pub mod codec;
 pub mod config;
@@ -20,32 +21,81 @@ mod tcp;
 
 pub use config::ModbusConfig;
 
+use std::sync::Arc;
+
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::SampleSink;
+use crate::command::{CommandReceiver, CommandSender, command_channel};
+use crate::stats::DeviceStats;
 
 /// The Modbus driver: one task per TCP connection and per serial bus.
 pub struct ModbusDriver {
-    config: ModbusConfig,
     sink: SampleSink,
+    links: Vec<(Link, CommandSender, CommandReceiver)>,
+}
+
+enum Link {
+    Tcp(tcp::TcpConnection),
+    Rtu(rtu::RtuBus),
+}
+
+impl Link {
+    fn devices(&self) -> &[poll::DeviceRt] {
+        match self {
+            Link::Tcp(c) => &c.devices,
+            Link::Rtu(b) => &b.devices,
+        }
+    }
 }
 
 impl ModbusDriver {
     pub fn new(config: ModbusConfig, sink: SampleSink) -> Self {
-        Self { config, sink }
+        let tcp = config
+            .tcp
+            .iter()
+            .map(|c| Link::Tcp(tcp::TcpConnection::new(c, &config)));
+        let rtu = config
+            .rtu
+            .iter()
+            .map(|b| Link::Rtu(rtu::RtuBus::new(b, &config)));
+        let links = tcp
+            .chain(rtu)
+            .map(|link| {
+                let (tx, rx) = command_channel();
+                (link, tx, rx)
+            })
+            .collect();
+        Self { sink, links }
     }
 
-    /// Polls every configured device until `shutdown` is cancelled.
+    /// Where each device's writes go (devices of one link share its queue).
+    pub fn command_senders(&self) -> Vec<(Arc<str>, CommandSender)> {
+        self.links
+            .iter()
+            .flat_map(|(link, tx, _)| link.devices().iter().map(|d| (d.id.clone(), tx.clone())))
+            .collect()
+    }
+
+    /// Every device's transaction counters.
+    pub fn stats(&self) -> Vec<Arc<DeviceStats>> {
+        self.links
+            .iter()
+            .flat_map(|(link, _, _)| link.devices().iter().map(|d| d.stats.clone()))
+            .collect()
+    }
+
+    /// Polls every configured device, and writes what is asked, until
+    /// `shutdown` is cancelled.
     pub async fn run(self, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
-        for connection in &self.config.tcp {
-            let task = tcp::TcpConnection::new(connection, &self.config);
-            tracker.spawn(task.run(self.sink.clone(), shutdown.clone()));
-        }
-        for bus in &self.config.rtu {
-            let task = rtu::RtuBus::new(bus, &self.config);
-            tracker.spawn(task.run(self.sink.clone(), shutdown.clone()));
+        for (link, _, commands) in self.links {
+            let (sink, shutdown) = (self.sink.clone(), shutdown.clone());
+            match link {
+                Link::Tcp(task) => tracker.spawn(task.run(sink, commands, shutdown)),
+                Link::Rtu(task) => tracker.spawn(task.run(sink, commands, shutdown)),
+            };
         }
         tracker.close();
         tracker.wait().await;

@@ -5,10 +5,11 @@
 //! policy on failures.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tokio_modbus::client::{Context, Reader};
+use tokio_modbus::client::{Context, Reader, Writer};
 use tokio_modbus::prelude::SlaveContext;
 use tokio_modbus::{ExceptionCode, Slave};
 use tokio_util::sync::CancellationToken;
@@ -16,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 use super::codec::{self, DataType, Order};
 use super::config::{ModbusDeviceConfig, RegisterMap};
 use super::plan::{self, Area, Limits, ReadRequest, Span, Split};
+use crate::command::{CommandReceiver, WriteError, WriteReport, WriteRequest};
+use crate::stats::{DeviceState, DeviceStats};
 use crate::{RawValue, Sample, SampleBatch, SampleQuality, SampleSink, now_ns};
 
 /// One point, ready to decode.
@@ -24,6 +27,11 @@ struct PointRt {
     ty: DataType,
     order: Order,
     bit: u8,
+    /// Registers of a string.
+    length: u16,
+    writable: bool,
+    verify: bool,
+    write_multiple: bool,
     last: Option<RawValue>,
 }
 
@@ -43,6 +51,15 @@ pub(crate) struct DeviceRt {
     spans: Vec<Span>,
     pub(crate) groups: Vec<GroupRt>,
     online: bool,
+    pub(crate) stats: Arc<DeviceStats>,
+}
+
+/// How transactions on a link are bounded and watched.
+pub(crate) struct Wire<'a> {
+    pub(crate) timeout: Duration,
+    /// Bytes received on the link so far (serial lines): bytes without a
+    /// valid answer are a garbled frame, not silence.
+    pub(crate) rx_bytes: Option<&'a AtomicU64>,
 }
 
 impl DeviceRt {
@@ -77,6 +94,10 @@ impl DeviceRt {
                     ty: p.ty,
                     order: p.order,
                     bit: p.bit.unwrap_or(0),
+                    length: p.length.unwrap_or(0),
+                    writable: p.writable,
+                    verify: p.verify,
+                    write_multiple: p.write_multiple,
                     last: None,
                 });
                 spans.push(Span {
@@ -97,10 +118,13 @@ impl DeviceRt {
                 requests,
             });
         }
+        let id: Arc<str> = device.id.as_str().into();
+        let source: Arc<str> = source.into();
         Self {
-            id: device.id.as_str().into(),
+            stats: Arc::new(DeviceStats::new(id.clone(), source.clone())),
+            id,
             unit: device.unit,
-            source: source.into(),
+            source,
             points,
             spans,
             groups,
@@ -146,6 +170,7 @@ impl DeviceRt {
     /// One sample of quality bad per point with a known value: the
     /// transition to "not answering", reported once.
     pub(crate) fn went_offline(&mut self, out: &mut Vec<Sample>) {
+        self.stats.set_state(DeviceState::Offline);
         if !self.online {
             return;
         }
@@ -165,11 +190,185 @@ impl DeviceRt {
     }
 
     fn came_online(&mut self) {
+        self.stats.set_state(DeviceState::Online);
         if !self.online {
             tracing::info!(device = %self.id, unit = self.unit, "Modbus device answers again");
             self.online = true;
         }
     }
+    /// Writes one point between polls. Returns the caller's answer and,
+    /// when a transaction took place, how the link fared (for its policy).
+    pub(crate) async fn write(
+        &mut self,
+        ctx: &mut Context,
+        request: &WriteRequest,
+        wire: &Wire<'_>,
+    ) -> (Result<WriteReport, WriteError>, Option<Outcome>) {
+        let Some(p) = self.points.iter().position(|p| *p.name == *request.point) else {
+            let error = WriteError::UnknownPoint {
+                device: self.id.to_string(),
+                point: request.point.clone(),
+            };
+            return (Err(error), None);
+        };
+        let (point, span) = (&self.points[p], self.spans[p]);
+        if !point.writable {
+            let error = WriteError::NotWritable {
+                device: self.id.to_string(),
+                point: request.point.clone(),
+                why: if span.area.is_writable() {
+                    "it is not marked writable in the register map".into()
+                } else {
+                    format!("{} points are read-only", span.area.as_str())
+                },
+            };
+            return (Err(error), None);
+        }
+        // A coil is one bit, whatever the map calls its type.
+        let ty = if span.area == Area::Coil {
+            DataType::Bool
+        } else {
+            point.ty
+        };
+        let words = match codec::encode(ty, point.order, point.length, &request.value) {
+            Ok(words) => words,
+            Err(e) => {
+                let error = WriteError::BadValue {
+                    point: request.point.clone(),
+                    value: format!("{:?}", request.value),
+                    why: e.to_string(),
+                };
+                return (Err(error), None);
+            }
+        };
+        let verify = request.verify || point.verify;
+        let multiple = point.write_multiple || words.len() > 1;
+        let address = span.address;
+        ctx.set_slave(Slave(self.unit));
+        let (operation, sent) = match (span.area, multiple) {
+            (Area::Coil, false) => (
+                "write_single_coil (5)",
+                exchange(
+                    &self.stats,
+                    wire,
+                    ctx.write_single_coil(address, words[0] != 0),
+                )
+                .await,
+            ),
+            (Area::Coil, true) => (
+                "write_multiple_coils (15)",
+                exchange(
+                    &self.stats,
+                    wire,
+                    ctx.write_multiple_coils(address, &[words[0] != 0]),
+                )
+                .await,
+            ),
+            (_, false) => (
+                "write_single_register (6)",
+                exchange(
+                    &self.stats,
+                    wire,
+                    ctx.write_single_register(address, words[0]),
+                )
+                .await,
+            ),
+            (_, true) => (
+                "write_multiple_registers (16)",
+                exchange(
+                    &self.stats,
+                    wire,
+                    ctx.write_multiple_registers(address, &words),
+                )
+                .await,
+            ),
+        };
+        let mut report = WriteReport {
+            operation: operation.to_owned(),
+            target: if words.len() > 1 {
+                format!(
+                    "{} {}..{}",
+                    span.area.as_str(),
+                    address,
+                    usize::from(address) + words.len() - 1
+                )
+            } else {
+                format!("{} {address}", span.area.as_str())
+            },
+            words: words.clone(),
+            verified: false,
+        };
+        if let Err(failure) = sent {
+            return self.write_failed(failure, wire.timeout);
+        }
+        self.came_online();
+        if verify {
+            let back = ReadRequest {
+                area: span.area,
+                start: address,
+                count: span.width,
+                points: Vec::new(),
+            };
+            let read = match read(ctx, &back, &self.stats, wire).await {
+                Ok((Some(regs), _)) => regs,
+                Ok((None, bits)) => bits
+                    .unwrap_or_default()
+                    .into_iter()
+                    .take(1)
+                    .map(u16::from)
+                    .collect(),
+                Err(failure) => return self.write_failed(failure, wire.timeout),
+            };
+            if read != words {
+                let error = WriteError::Mismatch {
+                    point: request.point.clone(),
+                    wrote: words,
+                    read,
+                };
+                return (Err(error), Some(Outcome::Answered));
+            }
+            report.verified = true;
+        }
+        // Show the new value soon: the point's groups are due now.
+        let now = Instant::now();
+        for group in &mut self.groups {
+            if group.requests.iter().any(|r| r.points.contains(&p)) {
+                group.next_due = now;
+            }
+        }
+        tracing::info!(device = %self.id, point = %request.point, operation, target = %report.target, verified = report.verified, "point written");
+        (Ok(report), Some(Outcome::Answered))
+    }
+
+    fn write_failed(
+        &self,
+        failure: Failure,
+        timeout: Duration,
+    ) -> (Result<WriteReport, WriteError>, Option<Outcome>) {
+        let device = self.id.to_string();
+        match failure {
+            Failure::Exception(code) => (
+                Err(WriteError::Refused {
+                    device,
+                    why: format!("Modbus exception {code:?} ({})", u8::from(code)),
+                }),
+                Some(Outcome::Answered),
+            ),
+            Failure::Timeout => (
+                Err(WriteError::Timeout { device, timeout }),
+                Some(Outcome::TimedOut),
+            ),
+            Failure::Garbled => (
+                Err(WriteError::Link {
+                    device,
+                    why: "garbled answer (bad CRC or framing)".into(),
+                }),
+                Some(Outcome::Broken),
+            ),
+            Failure::Link(why) => (Err(WriteError::Link { device, why }), Some(Outcome::Broken)),
+        }
+    }
+
     /// Reads group `g`: its samples, and how it ended. The caller applies
     /// its link's policy (reconnect, back off) and reports the device
     /// offline with [`DeviceRt::went_offline`] when it decides so.
@@ -177,7 +376,7 @@ impl DeviceRt {
         &mut self,
         ctx: &mut Context,
         g: usize,
-        timeout: Duration,
+        wire: &Wire<'_>,
     ) -> (Vec<Sample>, Outcome) {
         let device = self;
         ctx.set_slave(Slave(device.unit));
@@ -191,7 +390,7 @@ impl DeviceRt {
                 working.push(request);
                 continue;
             }
-            match read(ctx, &request, timeout).await {
+            match read(ctx, &request, &device.stats, wire).await {
                 Ok((regs, bits)) => {
                     answered = true;
                     device.decode(&request, regs.as_deref(), bits.as_deref(), &mut out);
@@ -226,8 +425,13 @@ impl DeviceRt {
                     working.push(request);
                 }
                 Err(Failure::Timeout) => {
-                    tracing::debug!(device = %device.id, ?timeout, "Modbus request timed out");
+                    tracing::debug!(device = %device.id, timeout = ?wire.timeout, "Modbus request timed out");
                     failed = Some(Outcome::TimedOut);
+                    working.push(request);
+                }
+                Err(Failure::Garbled) => {
+                    tracing::debug!(device = %device.id, "garbled Modbus answer (bad CRC or framing)");
+                    failed = Some(Outcome::Broken);
                     working.push(request);
                 }
                 Err(Failure::Link(e)) => {
@@ -261,6 +465,8 @@ enum Failure {
     Exception(ExceptionCode),
     /// No answer in time.
     Timeout,
+    /// Bytes came, but no valid answer (bad CRC or framing) in time.
+    Garbled,
     /// I/O or protocol error (a CRC error, a stale or mismatched answer).
     Link(String),
 }
@@ -279,57 +485,177 @@ pub(crate) enum Outcome {
 async fn read(
     ctx: &mut Context,
     request: &ReadRequest,
-    timeout: Duration,
+    stats: &DeviceStats,
+    wire: &Wire<'_>,
 ) -> Result<(Option<Vec<u16>>, Option<Vec<bool>>), Failure> {
-    let call = async {
-        match request.area {
-            Area::Coil => ctx
-                .read_coils(request.start, request.count)
-                .await
-                .map(|r| r.map(|b| (None, Some(b)))),
-            Area::DiscreteInput => ctx
-                .read_discrete_inputs(request.start, request.count)
-                .await
-                .map(|r| r.map(|b| (None, Some(b)))),
-            Area::InputRegister => ctx
-                .read_input_registers(request.start, request.count)
-                .await
-                .map(|r| r.map(|w| (Some(w), None))),
-            Area::HoldingRegister => ctx
-                .read_holding_registers(request.start, request.count)
-                .await
-                .map(|r| r.map(|w| (Some(w), None))),
-        }
-    };
-    match tokio::time::timeout(timeout, call).await {
+    let (start, count) = (request.start, request.count);
+    match request.area {
+        Area::Coil => exchange(stats, wire, ctx.read_coils(start, count))
+            .await
+            .map(|b| (None, Some(b))),
+        Area::DiscreteInput => exchange(stats, wire, ctx.read_discrete_inputs(start, count))
+            .await
+            .map(|b| (None, Some(b))),
+        Area::InputRegister => exchange(stats, wire, ctx.read_input_registers(start, count))
+            .await
+            .map(|w| (Some(w), None)),
+        Area::HoldingRegister => exchange(stats, wire, ctx.read_holding_registers(start, count))
+            .await
+            .map(|w| (Some(w), None)),
+    }
+}
+
+/// One Modbus transaction, bounded by the wire's timeout and counted in
+/// the device's stats.
+async fn exchange<T>(
+    stats: &DeviceStats,
+    wire: &Wire<'_>,
+    call: impl Future<Output = tokio_modbus::Result<T>>,
+) -> Result<T, Failure> {
+    let received = || wire.rx_bytes.map(|b| b.load(Relaxed));
+    let before = received();
+    let started = Instant::now();
+    stats.requests.fetch_add(1, Relaxed);
+    let result = match tokio::time::timeout(wire.timeout, call).await {
+        Err(_) if received() != before => Err(Failure::Garbled),
         Err(_) => Err(Failure::Timeout),
         Ok(Err(e)) => Err(Failure::Link(e.to_string())),
         Ok(Ok(Err(code))) => Err(Failure::Exception(code)),
         Ok(Ok(Ok(data))) => Ok(data),
+    };
+    let counter = match &result {
+        Ok(_) => {
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            stats.latency_us_total.fetch_add(micros, Relaxed);
+            &stats.answers
+        }
+        Err(Failure::Exception(_)) => &stats.exceptions,
+        Err(Failure::Timeout) => &stats.timeouts,
+        Err(Failure::Garbled) => &stats.crc_errors,
+        Err(Failure::Link(_)) => &stats.link_errors,
+    };
+    counter.fetch_add(1, Relaxed);
+    result
+}
+
+/// A link's queue of writes; pending forever once nobody can send.
+pub(crate) struct Commands(pub(crate) Option<CommandReceiver>);
+
+impl Commands {
+    async fn next(&mut self) -> WriteRequest {
+        if let Some(rx) = &mut self.0 {
+            if let Some(request) = rx.recv().await {
+                return request;
+            }
+            self.0 = None;
+        }
+        std::future::pending().await
+    }
+
+    fn try_next(&mut self) -> Option<WriteRequest> {
+        self.0.as_mut()?.try_recv().ok()
     }
 }
 
-/// Waits until `due`; false if the gateway stops first. An overdue group
-/// is polled at once: a timer, even an expired one, would wait for the
-/// next millisecond tick.
-pub(crate) async fn wait_until(due: Instant, shutdown: &CancellationToken) -> bool {
-    if due > Instant::now() {
-        tokio::select! {
-            () = shutdown.cancelled() => false,
-            () = tokio::time::sleep_until(due) => true,
-        }
-    } else {
-        !shutdown.is_cancelled()
+/// What ended a wait.
+enum Wake {
+    /// A poll is due.
+    Due,
+    /// A write arrived: writes go before polls, even overdue ones.
+    Write(WriteRequest),
+    /// The gateway stops.
+    Stop,
+}
+
+/// Waits until `due` or a write. An overdue group is polled at once: a
+/// timer, even an expired one, would wait for the next millisecond tick.
+async fn wait_until(due: Instant, shutdown: &CancellationToken, commands: &mut Commands) -> Wake {
+    if shutdown.is_cancelled() {
+        return Wake::Stop;
     }
+    if let Some(request) = commands.try_next() {
+        return Wake::Write(request);
+    }
+    if due <= Instant::now() {
+        return Wake::Due;
+    }
+    tokio::select! {
+        () = shutdown.cancelled() => Wake::Stop,
+        request = commands.next() => Wake::Write(request),
+        () = tokio::time::sleep_until(due) => Wake::Due,
+    }
+}
+
+/// One step of a link: waits for the first due poll (or a write, which
+/// goes first, even to a slave in back-off: an operator asked) and carries
+/// it out. Returns the device concerned, its samples and how the link
+/// fared, for the link's policy; `None` when the gateway stops.
+pub(crate) async fn step(
+    devices: &mut [DeviceRt],
+    ctx: &mut Context,
+    ready_at: impl Fn(usize) -> Option<Instant>,
+    wire: &Wire<'_>,
+    shutdown: &CancellationToken,
+    commands: &mut Commands,
+) -> Option<(Option<usize>, Vec<Sample>, Outcome)> {
+    let (d, g, due) = next_due(devices, ready_at)?;
+    match wait_until(due, shutdown, commands).await {
+        Wake::Stop => None,
+        Wake::Due => {
+            let (out, outcome) = devices[d].poll(ctx, g, wire).await;
+            Some((Some(d), out, outcome))
+        }
+        Wake::Write(request) => {
+            let (d, outcome) = serve_write(devices, ctx, request, wire).await;
+            Some((d, Vec::new(), outcome))
+        }
+    }
+}
+
+/// Runs a write on its device of a link, answers its caller, and returns
+/// how the link fared, for the link's policy (as after a poll).
+async fn serve_write(
+    devices: &mut [DeviceRt],
+    ctx: &mut Context,
+    request: WriteRequest,
+    wire: &Wire<'_>,
+) -> (Option<usize>, Outcome) {
+    let Some(d) = devices.iter().position(|d| d.id == request.device) else {
+        let _ = request.reply.send(Err(WriteError::Offline {
+            device: request.device.to_string(),
+            why: "not on this link".into(),
+        }));
+        return (None, Outcome::Answered);
+    };
+    let (result, outcome) = devices[d].write(ctx, &request, wire).await;
+    let stats = &devices[d].stats;
+    match &result {
+        Ok(_) => {
+            stats.writes.fetch_add(1, Relaxed);
+        }
+        Err(e) => {
+            tracing::warn!(device = %request.device, point = %request.point, "write failed: {e}");
+            // Only what the device (or the link) failed; refusals before
+            // any I/O are the caller's business.
+            if outcome.is_some() {
+                stats.write_errors.fetch_add(1, Relaxed);
+            }
+        }
+    }
+    let _ = request.reply.send(result);
+    (Some(d), outcome.unwrap_or(Outcome::Answered))
 }
 
 /// The link is down: every device on it goes offline (once), then wait
-/// `delay` before the next attempt. False if the gateway stops meanwhile.
+/// `delay` before the next attempt, refusing writes meanwhile. False if the
+/// gateway stops first.
 pub(crate) async fn link_down(
     devices: &mut [DeviceRt],
     sink: &SampleSink,
     delay: Duration,
+    why: &str,
     shutdown: &CancellationToken,
+    commands: &mut Commands,
 ) -> bool {
     let mut out = Vec::new();
     for d in devices.iter_mut() {
@@ -338,15 +664,25 @@ pub(crate) async fn link_down(
     if !send(sink, devices, out, shutdown).await {
         return false;
     }
-    tokio::select! {
-        () = shutdown.cancelled() => false,
-        () = tokio::time::sleep(delay) => true,
+    let retry = tokio::time::sleep(delay);
+    tokio::pin!(retry);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = &mut retry => return true,
+            request = commands.next() => {
+                let _ = request.reply.send(Err(WriteError::Offline {
+                    device: request.device.to_string(),
+                    why: why.to_owned(),
+                }));
+            }
+        }
     }
 }
 
 /// The (device, group) due first; `ready_at` may hold a device back (a
 /// slave in back-off).
-pub(crate) fn next_due(
+fn next_due(
     devices: &[DeviceRt],
     ready_at: impl Fn(usize) -> Option<Instant>,
 ) -> Option<(usize, usize, Instant)> {

@@ -7,15 +7,22 @@
 //! framing error (or a late answer read as the next one) means the bytes
 //! on the line cannot be trusted: the port is reopened, which drops them.
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use tokio::time::Instant;
 use tokio_serial::SerialPortBuilderExt;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{ModbusConfig, Parity, RtuBusConfig};
-use super::poll::{DeviceRt, Outcome, link_down, next_due, send, wait_until};
+use super::poll::{Commands, DeviceRt, Outcome, Wire, link_down, send, step};
 use crate::SampleSink;
+use crate::command::CommandReceiver;
 
 /// Longest wait between attempts to open a serial port.
 const MAX_REOPEN_DELAY: Duration = Duration::from_secs(30);
@@ -23,7 +30,7 @@ const MAX_REOPEN_DELAY: Duration = Duration::from_secs(30);
 /// Polls one serial bus until shutdown.
 pub(crate) struct RtuBus {
     config: RtuBusConfig,
-    devices: Vec<DeviceRt>,
+    pub(crate) devices: Vec<DeviceRt>,
     /// A slave that timed out is not asked again before this time.
     backoff_until: Vec<Option<Instant>>,
 }
@@ -78,7 +85,13 @@ impl RtuBus {
             .open_native_async()
     }
 
-    pub(crate) async fn run(mut self, sink: SampleSink, shutdown: CancellationToken) {
+    pub(crate) async fn run(
+        mut self,
+        sink: SampleSink,
+        commands: CommandReceiver,
+        shutdown: CancellationToken,
+    ) {
+        let mut commands = Commands(Some(commands));
         let silence = self.silence();
         let mut reopen_delay = Duration::from_millis(500);
         loop {
@@ -89,32 +102,42 @@ impl RtuBus {
                 }
                 Err(e) => {
                     tracing::warn!(path = %self.config.path.display(), error = %e, retry_in = ?reopen_delay, "cannot open the serial bus");
-                    if !link_down(&mut self.devices, &sink, reopen_delay, &shutdown).await {
+                    let why = format!("cannot open {}: {e}", self.config.path.display());
+                    let (devices, wait) = (&mut self.devices, reopen_delay);
+                    if !link_down(devices, &sink, wait, &why, &shutdown, &mut commands).await {
                         return;
                     }
                     reopen_delay = (reopen_delay * 2).min(MAX_REOPEN_DELAY);
                     continue;
                 }
             };
-            let mut ctx = tokio_modbus::client::rtu::attach(port);
+            let rx_bytes = Arc::new(AtomicU64::new(0));
+            let mut ctx = tokio_modbus::client::rtu::attach(Metered {
+                inner: port,
+                rx_bytes: rx_bytes.clone(),
+            });
             loop {
+                let wire = Wire {
+                    timeout: self.config.timeout,
+                    rx_bytes: Some(&rx_bytes),
+                };
                 let backoff = &self.backoff_until;
-                let Some((d, g, due)) = next_due(&self.devices, |d| backoff[d]) else {
+                let ready_at = |d| backoff[d];
+                let (devices, ctx) = (&mut self.devices, &mut ctx);
+                let Some((d, mut out, outcome)) =
+                    step(devices, ctx, ready_at, &wire, &shutdown, &mut commands).await
+                else {
                     return;
                 };
-                if !wait_until(due, &shutdown).await {
-                    return;
-                }
-                let (mut out, outcome) =
-                    self.devices[d].poll(&mut ctx, g, self.config.timeout).await;
-                let device = &mut self.devices[d];
-                match outcome {
-                    Outcome::Answered => self.backoff_until[d] = None,
-                    Outcome::TimedOut => {
-                        device.went_offline(&mut out);
-                        self.backoff_until[d] = Some(Instant::now() + self.config.backoff);
+                if let Some(d) = d {
+                    match outcome {
+                        Outcome::Answered => self.backoff_until[d] = None,
+                        Outcome::TimedOut => {
+                            self.devices[d].went_offline(&mut out);
+                            self.backoff_until[d] = Some(Instant::now() + self.config.backoff);
+                        }
+                        Outcome::Broken => {}
                     }
-                    Outcome::Broken => {}
                 }
                 if !send(&sink, &self.devices, out, &shutdown).await {
                     return;
@@ -126,5 +149,144 @@ impl RtuBus {
                 tokio::time::sleep(silence).await;
             }
         }
+    }
+}
+
+/// A serial port that counts the bytes it receives, so a transaction that
+/// times out after bytes arrived is told apart as garbled (the RTU decoder
+/// drops frames with a bad CRC and keeps waiting).
+#[derive(Debug)]
+pub(crate) struct Metered<S> {
+    pub(crate) inner: S,
+    pub(crate) rx_bytes: Arc<AtomicU64>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let got = buf.filled().len() - before;
+        if got > 0 {
+            self.rx_bytes.fetch_add(got as u64, Relaxed);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::modbus::poll::{DeviceRt, Outcome, Wire};
+    use crate::stats::DeviceState;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const CONFIG: &str = r#"
+[[rtu]]
+path = "/dev/null"
+devices = [{ id = "meter", unit = 7, map = "m" }]
+
+[maps.m]
+[[maps.m.groups]]
+name = "g"
+points = [{ name = "power", area = "holding_register", address = 0, type = "u16" }]
+"#;
+
+    /// A device on an in-memory line; `answer` is what the "slave" sends
+    /// back to the first request (nothing if empty).
+    async fn poll_once(answer: Vec<u8>) -> (Outcome, DeviceRt) {
+        let config: ModbusConfig = toml::from_str(CONFIG).expect("parses");
+        let bus = RtuBus::new(&config.rtu[0], &config);
+        let mut device = bus.devices.into_iter().next().expect("one device");
+        let (master, mut slave) = tokio::io::duplex(256);
+        let rx_bytes = Arc::new(AtomicU64::new(0));
+        let mut ctx = tokio_modbus::client::rtu::attach(Metered {
+            inner: master,
+            rx_bytes: rx_bytes.clone(),
+        });
+        let slave = tokio::spawn(async move {
+            let mut request = [0u8; 8];
+            slave.read_exact(&mut request).await.expect("a request");
+            assert_eq!(&request[..2], &[7, 3], "read holding registers of unit 7");
+            slave.write_all(&answer).await.expect("answer sent");
+            slave // keep the line open
+        });
+        let wire = Wire {
+            timeout: Duration::from_millis(200),
+            rx_bytes: Some(&rx_bytes),
+        };
+        let (_, outcome) = device.poll(&mut ctx, 0, &wire).await;
+        drop(slave.await);
+        (outcome, device)
+    }
+
+    #[tokio::test]
+    async fn a_garbled_answer_counts_as_a_crc_error_and_breaks_the_link() {
+        // Unit 7, function 3, 2 bytes, value 42, then a wrong CRC.
+        let (outcome, device) = poll_once(vec![7, 3, 2, 0, 42, 0xDE, 0xAD]).await;
+        assert_eq!(outcome, Outcome::Broken, "the port is reopened");
+        let s = device.stats.snapshot();
+        assert_eq!(
+            (s.requests, s.crc_errors, s.timeouts, s.answers),
+            (1, 1, 0, 0)
+        );
+    }
+
+    #[tokio::test]
+    async fn silence_counts_as_a_timeout() {
+        let (outcome, device) = poll_once(Vec::new()).await;
+        assert_eq!(outcome, Outcome::TimedOut);
+        let s = device.stats.snapshot();
+        assert_eq!(
+            (s.requests, s.crc_errors, s.timeouts, s.answers),
+            (1, 0, 1, 0)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_good_answer_counts_as_answered_with_its_latency() {
+        // The same frame with its real CRC-16/MODBUS (low byte first).
+        let mut answer = vec![7, 3, 2, 0, 42];
+        let mut crc: u16 = 0xFFFF;
+        for &b in &answer {
+            crc ^= u16::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xA001
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        answer.extend(crc.to_le_bytes());
+        let (outcome, device) = poll_once(answer).await;
+        assert_eq!(outcome, Outcome::Answered);
+        let s = device.stats.snapshot();
+        assert_eq!(
+            (s.requests, s.crc_errors, s.timeouts, s.answers),
+            (1, 0, 0, 1)
+        );
+        assert_eq!(s.state, DeviceState::Online);
     }
 }

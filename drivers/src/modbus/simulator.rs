@@ -9,20 +9,26 @@
 //! unit `u` reads `u * 1000 + a + t`, where `t` counts tenths of seconds
 //! since start (so values move and every register differs); input
 //! register `a` holds `f32` pairs of a sine with period 20 s (CDAB-free,
-//! big-endian); coil `a` toggles every second. Beyond `registers` the
-//! server answers "illegal data address"; unknown units get "gateway
-//! target device failed to respond".
+//! big-endian); coil `a` toggles every second. Holding registers and
+//! coils can be written (function codes 5, 6, 15, 16), like a PLC's
+//! setpoints: a written one keeps its value from then on. Beyond
+//! `registers` the server answers "illegal data address"; unknown units
+//! get "gateway target device failed to respond".
 
+use std::collections::HashMap;
 use std::future;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::net::TcpListener;
 use tokio_modbus::server::tcp::{Server, accept_tcp_connection};
 use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
+
+/// Written holding registers and coils (as 0/1), by (unit, coil?, address).
+type Written = HashMap<(u8, bool, u16), u16>;
 
 #[derive(Clone)]
 struct Plc {
@@ -30,6 +36,9 @@ struct Plc {
     registers: u16,
     started: Instant,
     requests: Arc<AtomicU64>,
+    written: Arc<Mutex<Written>>,
+    /// Fast path for reads: nothing was ever written.
+    any_written: Arc<AtomicBool>,
 }
 
 impl Plc {
@@ -37,8 +46,28 @@ impl Plc {
         self.started.elapsed().as_millis() as u64 / 100
     }
 
+    fn written(&self, unit: u8, coil: bool, addr: u16) -> Option<u16> {
+        if !self.any_written.load(Ordering::Relaxed) {
+            return None;
+        }
+        let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        written.get(&(unit, coil, addr)).copied()
+    }
+
     fn holding(&self, unit: u8, addr: u16) -> u16 {
-        (u64::from(unit) * 1000 + u64::from(addr) + self.tick()) as u16
+        self.written(unit, false, addr)
+            .unwrap_or((u64::from(unit) * 1000 + u64::from(addr) + self.tick()) as u16)
+    }
+
+    fn write(&self, unit: u8, coil: bool, addr: u16, values: &[u16]) -> Result<(), ExceptionCode> {
+        let count = u16::try_from(values.len()).map_err(|_| ExceptionCode::IllegalDataValue)?;
+        let range = self.range(addr, count)?;
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        for (a, v) in range.zip(values) {
+            written.insert((unit, coil, a), *v);
+        }
+        self.any_written.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     fn input(&self, unit: u8, addr: u16) -> u16 {
@@ -54,8 +83,11 @@ impl Plc {
         }
     }
 
-    fn coil(&self, addr: u16) -> bool {
-        (self.started.elapsed().as_secs() + u64::from(addr)).is_multiple_of(2)
+    fn coil(&self, unit: u8, addr: u16) -> bool {
+        match self.written(unit, true, addr) {
+            Some(v) => v != 0,
+            None => (self.started.elapsed().as_secs() + u64::from(addr)).is_multiple_of(2),
+        }
     }
 
     fn range(&self, addr: u16, count: u16) -> Result<std::ops::Range<u16>, ExceptionCode> {
@@ -82,11 +114,29 @@ impl Plc {
                     .collect(),
             )),
             Request::ReadCoils(addr, count) => Ok(Response::ReadCoils(
-                self.range(addr, count)?.map(|a| self.coil(a)).collect(),
+                self.range(addr, count)?
+                    .map(|a| self.coil(unit, a))
+                    .collect(),
             )),
             Request::ReadDiscreteInputs(addr, count) => Ok(Response::ReadDiscreteInputs(
-                self.range(addr, count)?.map(|a| !self.coil(a)).collect(),
+                self.range(addr, count)?
+                    .map(|a| (self.started.elapsed().as_secs() + u64::from(a)) % 2 == 1)
+                    .collect(),
             )),
+            Request::WriteSingleRegister(addr, value) => self
+                .write(unit, false, addr, &[value])
+                .map(|()| Response::WriteSingleRegister(addr, value)),
+            Request::WriteMultipleRegisters(addr, values) => self
+                .write(unit, false, addr, &values)
+                .map(|()| Response::WriteMultipleRegisters(addr, values.len() as u16)),
+            Request::WriteSingleCoil(addr, on) => self
+                .write(unit, true, addr, &[u16::from(on)])
+                .map(|()| Response::WriteSingleCoil(addr, on)),
+            Request::WriteMultipleCoils(addr, bits) => {
+                let values: Vec<u16> = bits.iter().map(|b| u16::from(*b)).collect();
+                self.write(unit, true, addr, &values)
+                    .map(|()| Response::WriteMultipleCoils(addr, values.len() as u16))
+            }
             _ => Err(ExceptionCode::IllegalFunction),
         }
     }
@@ -124,6 +174,8 @@ impl SimulatedPlc {
             registers,
             started: Instant::now(),
             requests: requests.clone(),
+            written: Arc::default(),
+            any_written: Arc::default(),
         };
         std::thread::Builder::new()
             .name("plc-simulator".into())

@@ -18,13 +18,14 @@ use tokio_modbus::client::Context;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{ModbusConfig, TcpConnectionConfig};
-use super::poll::{DeviceRt, Outcome, link_down, next_due, send, wait_until};
+use super::poll::{Commands, DeviceRt, Outcome, Wire, link_down, send, step};
+use crate::command::CommandReceiver;
 use crate::{SampleSink, now_ns};
 
 /// Polls one TCP connection until shutdown.
 pub(crate) struct TcpConnection {
     config: TcpConnectionConfig,
-    devices: Vec<DeviceRt>,
+    pub(crate) devices: Vec<DeviceRt>,
 }
 
 impl TcpConnection {
@@ -38,7 +39,13 @@ impl TcpConnection {
         }
     }
 
-    pub(crate) async fn run(mut self, sink: SampleSink, shutdown: CancellationToken) {
+    pub(crate) async fn run(
+        mut self,
+        sink: SampleSink,
+        commands: CommandReceiver,
+        shutdown: CancellationToken,
+    ) {
+        let mut commands = Commands(Some(commands));
         let mut delay = self.config.reconnect_min;
         loop {
             let ctx = tokio::select! {
@@ -52,27 +59,32 @@ impl TcpConnection {
                 }
                 Err(e) => {
                     tracing::warn!(address = %self.config.address, error = %e, retry_in = ?delay, "cannot connect to Modbus TCP device");
-                    if !link_down(&mut self.devices, &sink, jitter(delay), &shutdown).await {
+                    let why = format!("cannot connect to {}: {e}", self.config.address);
+                    let (devices, wait) = (&mut self.devices, jitter(delay));
+                    if !link_down(devices, &sink, wait, &why, &shutdown, &mut commands).await {
                         return;
                     }
                     delay = (delay * 2).min(self.config.reconnect_max);
                     continue;
                 }
             };
-            // Poll until the link fails or we stop.
+            // Poll (and write) until the link fails or we stop.
             loop {
-                let Some((d, g, due)) = next_due(&self.devices, |_| None) else {
+                let wire = Wire {
+                    timeout: self.config.timeout,
+                    rx_bytes: None,
+                };
+                let ready_at = |_| None;
+                let (devices, ctx) = (&mut self.devices, &mut ctx);
+                let Some((d, mut out, outcome)) =
+                    step(devices, ctx, ready_at, &wire, &shutdown, &mut commands).await
+                else {
                     return;
                 };
-                if !wait_until(due, &shutdown).await {
-                    return;
-                }
-                let (mut out, outcome) =
-                    self.devices[d].poll(&mut ctx, g, self.config.timeout).await;
                 // On TCP any failure drops the connection: a late answer
                 // would otherwise be read as the next request's.
                 let link_ok = outcome == Outcome::Answered;
-                if !link_ok {
+                if let (false, Some(d)) = (link_ok, d) {
                     self.devices[d].went_offline(&mut out);
                 }
                 if !send(&sink, &self.devices, out, &shutdown).await {

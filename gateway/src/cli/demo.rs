@@ -16,7 +16,7 @@ use biota_gateway::config::GatewayConfig;
 use biota_gateway::store::StoreReader;
 use biota_gateway::systemd::status_line;
 use biota_gateway::time::{format_duration, now_ns, parse_duration};
-use biota_gateway::{Gateway, metrics::Metrics};
+use biota_gateway::{Gateway, control, metrics::Metrics};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
@@ -82,9 +82,34 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!(e))?;
     tokio::spawn(on_signal);
     let ready_after = started.elapsed();
+    let control = gateway.serve_control(&control::socket_path(&dir));
+    if let (Some(_), Ok(socket)) = (&plc, &control) {
+        println!(
+            "Writing a setpoint through the control socket ({}):",
+            socket.display()
+        );
+        println!(
+            "  $ biota-gateway write --state-dir {} plc-1 speed_setpoint 12.5",
+            dir.display()
+        );
+        let in_dir = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            super::control::write_in(&in_dir, "plc-1", "speed_setpoint", "12.5")
+        })
+        .await?;
+        println!(
+            "  (while the demo runs, try `biota-gateway devices --state-dir {}`)\n",
+            dir.display()
+        );
+    }
     let metrics = gateway.metrics().clone();
     let live = tokio::spawn(show_live(metrics.clone(), shutdown.clone(), duration));
     let _ = live.await;
+    if control.is_ok() && !shutdown.is_cancelled() {
+        println!("\nExample: biota-gateway devices   (transaction counters per device)");
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || super::control::devices_in(&dir)).await?;
+    }
     shutdown.cancel();
     let report = gateway.stopped().await;
     let elapsed = started.elapsed();

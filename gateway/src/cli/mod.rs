@@ -1,7 +1,9 @@
 //! The binary's subcommands beyond `run`: `query` (output formats),
+//! `write` and `devices` (requests to the running gateway),
 //! `demo` (live terminal view) and `bench` (the benchmark command).
 
 pub mod bench;
+pub mod control;
 pub mod demo;
 pub mod query;
 
@@ -14,7 +16,13 @@ pub enum Failure {
     Config(#[from] biota_gateway::config::ConfigError),
     #[error(transparent)]
     Store(#[from] biota_gateway::store::StoreError),
+    /// The running gateway cannot be reached (sysexits' EX_UNAVAILABLE).
+    #[error(transparent)]
+    Unavailable(biota_gateway::control::ClientError),
 }
+
+/// Exit code when the running gateway cannot be reached.
+pub const EXIT_UNAVAILABLE: i32 = 69;
 
 /// Installs SIGTERM/SIGINT handlers now (so a signal during start-up is
 /// not lost) and returns the future that, once spawned, cancels `shutdown`
