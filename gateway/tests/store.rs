@@ -445,3 +445,52 @@ fn a_next_seq_behind_the_data_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn a_commit_groups_readings_by_series_keeping_each_series_arrival_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gateway.db");
+    let mut writer = open(&path);
+    // Three series interleaved, as many devices polled in turn deliver them.
+    let mut readings: Vec<Reading> = (0..30)
+        .map(|i| {
+            let point = ["a", "b", "c"][i % 3];
+            reading("d", point, T0 + i as i64 * SEC, Value::I64(i as i64))
+        })
+        .collect();
+    writer.commit(&mut readings).expect("commit");
+    // Seq is gapless and follows the (reordered) slice the caller gets back.
+    let seqs: Vec<u64> = readings.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (1..=30).collect::<Vec<u64>>());
+    assert_eq!(all_seqs(&path), (1..=30).collect::<Vec<i64>>());
+    // Each series is one run, in its arrival order.
+    let runs: Vec<&str> = readings.iter().map(|r| &*r.point).collect();
+    assert_eq!(runs.iter().filter(|p| **p == "a").count(), 10);
+    let changes = runs.windows(2).filter(|w| w[0] != w[1]).count();
+    assert_eq!(changes, 2, "three runs: {runs:?}");
+    for series in readings.chunk_by(|x, y| x.point == y.point) {
+        assert!(
+            series
+                .windows(2)
+                .all(|w| w[0].ts < w[1].ts && w[0].seq < w[1].seq)
+        );
+    }
+    // The stored rows say the same, and latest is each series' newest.
+    let reader = StoreReader::open(&path).expect("reader");
+    let b = reader
+        .range("d", "b", T0, T0 + 100 * SEC, 100, None)
+        .expect("range");
+    let b_values: Vec<&Value> = b.readings.iter().map(|r| &r.value).collect();
+    let want: Vec<Value> = (0..30).filter(|i| i % 3 == 1).map(Value::I64).collect();
+    assert_eq!(b_values, want.iter().collect::<Vec<_>>());
+    let latest = reader.latest(Some("d")).expect("latest");
+    let newest: Vec<(&str, &Value)> = latest.iter().map(|r| (&*r.point, &r.value)).collect();
+    assert_eq!(
+        newest,
+        [
+            ("a", &Value::I64(27)),
+            ("b", &Value::I64(28)),
+            ("c", &Value::I64(29))
+        ]
+    );
+}

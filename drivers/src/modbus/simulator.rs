@@ -36,6 +36,7 @@ struct Plc {
     registers: u16,
     started: Instant,
     requests: Arc<AtomicU64>,
+    values_read: Arc<AtomicU64>,
     written: Arc<Mutex<Written>>,
     /// Fast path for reads: nothing was ever written.
     any_written: Arc<AtomicBool>,
@@ -150,7 +151,14 @@ impl tokio_modbus::server::Service for Plc {
 
     fn call(&self, req: Self::Request) -> Self::Future {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        future::ready(self.answer(req.slave, req.request))
+        let answer = self.answer(req.slave, req.request);
+        let read = match &answer {
+            Ok(Response::ReadHoldingRegisters(v) | Response::ReadInputRegisters(v)) => v.len(),
+            Ok(Response::ReadCoils(v) | Response::ReadDiscreteInputs(v)) => v.len(),
+            _ => 0,
+        };
+        self.values_read.fetch_add(read as u64, Ordering::Relaxed);
+        future::ready(answer)
     }
 }
 
@@ -160,6 +168,8 @@ pub struct SimulatedPlc {
     pub address: SocketAddr,
     /// Requests answered so far (for the benchmark's requests per cycle).
     pub requests: Arc<AtomicU64>,
+    /// Registers and bits returned by reads so far (the benchmark's cycles).
+    pub values_read: Arc<AtomicU64>,
 }
 
 impl SimulatedPlc {
@@ -169,11 +179,13 @@ impl SimulatedPlc {
         std_listener.set_nonblocking(true)?;
         let address = std_listener.local_addr()?;
         let requests = Arc::new(AtomicU64::new(0));
+        let values_read = Arc::new(AtomicU64::new(0));
         let plc = Plc {
             units,
             registers,
             started: Instant::now(),
             requests: requests.clone(),
+            values_read: values_read.clone(),
             written: Arc::default(),
             any_written: Arc::default(),
         };
@@ -216,6 +228,10 @@ impl SimulatedPlc {
                     }
                 });
             })?;
-        Ok(Self { address, requests })
+        Ok(Self {
+            address,
+            requests,
+            values_read,
+        })
     }
 }

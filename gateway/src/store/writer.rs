@@ -237,7 +237,7 @@ impl StoreWriter {
 
     fn write_batch(
         &mut self,
-        readings: &[Reading],
+        readings: &mut [Reading],
         now: i64,
         created: &mut Vec<SeriesKey>,
         touched: &mut Vec<SeriesKey>,
@@ -254,12 +254,53 @@ impl StoreWriter {
                     "INSERT INTO readings (seq, series, ts, label, flags, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .map_err(sql_err(&path, "preparing the insert"))?;
-            let mut seq = self.next_seq;
+            // Pass 1, in arrival order: series and label ids (registering
+            // new ones in this transaction).
+            let mut order: Vec<(i64, usize)> = Vec::with_capacity(readings.len());
+            let mut label_of: Vec<i64> = Vec::with_capacity(readings.len());
             // Consecutive readings mostly share unit and source.
             let mut last_label: Option<(Option<Arc<str>>, Arc<str>, i64)> = None;
-            for r in readings {
+            for (i, r) in readings.iter().enumerate() {
                 let entry =
                     series_entry(&tx, &path, &mut self.series, created, &r.device, &r.point)?;
+                order.push((entry.id, i));
+                let label = match &last_label {
+                    Some((unit, source, id)) if same(unit, &r.unit) && *source == r.source => *id,
+                    _ => {
+                        let id = label_entry(&tx, &path, &mut self.labels, &r.unit, &r.source)?;
+                        last_label = Some((r.unit.clone(), r.source.clone(), id));
+                        id
+                    }
+                };
+                label_of.push(label);
+            }
+            // Within one commit, readings are grouped by series (keeping
+            // each series' arrival order) before they get their seq: the
+            // (series, ts) index then takes each series' readings on one
+            // leaf in a row instead of visiting every series' leaf once per
+            // reading. Seq stays gapless and increasing, and per series it
+            // follows arrival.
+            order.sort_unstable();
+            let labels: Vec<i64> = order.iter().map(|&(_, i)| label_of[i]).collect();
+            permute(readings, order.iter().map(|&(_, i)| i).collect());
+            // Pass 2: insert in seq order, tracking each series' newest reading.
+            let mut seq = self.next_seq;
+            let mut group_start = 0;
+            while group_start < readings.len() {
+                let first = &readings[group_start];
+                let group_len = readings[group_start..]
+                    .iter()
+                    .take_while(|r| {
+                        Arc::ptr_eq(&r.device, &first.device) && Arc::ptr_eq(&r.point, &first.point)
+                            || (r.device == first.device && r.point == first.point)
+                    })
+                    .count();
+                let group = &readings[group_start..group_start + group_len];
+                let entry = self
+                    .series
+                    .get_mut(&first.device)
+                    .and_then(|p| p.get_mut(&first.point))
+                    .expect("registered in pass 1");
                 let series_id = entry.id;
                 let committed = match entry.latest {
                     Some(known) => known,
@@ -269,32 +310,34 @@ impl StoreWriter {
                         known
                     }
                 };
-                if entry.pending.or(committed).is_none_or(|(ts, _)| r.ts >= ts) {
-                    if entry.pending.is_none() {
-                        touched.push((r.device.clone(), r.point.clone()));
+                let mut newest = entry.pending.or(committed);
+                let mut changed = false;
+                for (k, r) in group.iter().enumerate() {
+                    let this_seq = seq + k as u64;
+                    if newest.is_none_or(|(ts, _)| r.ts >= ts) {
+                        newest = Some((r.ts, this_seq));
+                        changed = true;
                     }
-                    entry.pending = Some((r.ts, seq));
+                    let flags = i64::from(r.value.kind().code()) << 2 | i64::from(r.quality.code());
+                    insert
+                        .execute(rusqlite::params![
+                            this_seq as i64,
+                            series_id,
+                            r.ts,
+                            labels[group_start + k],
+                            flags,
+                            value_sql(&r.value)
+                        ])
+                        .map_err(sql_err(&path, "inserting readings"))?;
                 }
-                let label = match &last_label {
-                    Some((unit, source, id)) if same(unit, &r.unit) && *source == r.source => *id,
-                    _ => {
-                        let id = label_entry(&tx, &path, &mut self.labels, &r.unit, &r.source)?;
-                        last_label = Some((r.unit.clone(), r.source.clone(), id));
-                        id
+                if changed {
+                    if entry.pending.is_none() {
+                        touched.push((first.device.clone(), first.point.clone()));
                     }
-                };
-                let flags = i64::from(r.value.kind().code()) << 2 | i64::from(r.quality.code());
-                insert
-                    .execute(rusqlite::params![
-                        seq as i64,
-                        series_id,
-                        r.ts,
-                        label,
-                        flags,
-                        value_sql(&r.value)
-                    ])
-                    .map_err(sql_err(&path, "inserting readings"))?;
-                seq += 1;
+                    entry.pending = newest;
+                }
+                seq += group_len as u64;
+                group_start += group_len;
             }
             let mut upsert = tx
                 .prepare_cached(
@@ -766,6 +809,24 @@ fn series_entry<'a>(
         created.push((device.clone(), point.clone()));
     }
     Ok(points.get_mut(point).expect("inserted above"))
+}
+
+/// Reorders `items` so that position `k` holds what was at `perm[k]`
+/// (`perm` is a permutation of the indexes), by swaps along its cycles.
+fn permute<T>(items: &mut [T], mut perm: Vec<usize>) {
+    const DONE: usize = usize::MAX;
+    for start in 0..items.len() {
+        let mut k = start;
+        while perm[k] != DONE {
+            let src = perm[k];
+            perm[k] = DONE;
+            if src == start {
+                break;
+            }
+            items.swap(k, src);
+            k = src;
+        }
+    }
 }
 
 fn same(a: &Option<Arc<str>>, b: &Option<Arc<str>>) -> bool {
