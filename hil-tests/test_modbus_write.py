@@ -181,6 +181,8 @@ def test_cli_writes_read_back_by_mbpoll(gateway_bin, pymodbus, spawn, write_conf
     refused(write(gateway_bin, state_dir, "press-1", "recipe", "TOO-LONG-NAME"), "bad_value")
     refused(write(gateway_bin, state_dir, "press-9", "offset", "1"), "unknown_device")
     refused(write(gateway_bin, state_dir, "press-1", "nope", "1"), "unknown_point")
+    # The map's name of a renamed point would skip the profile's scaling: not a point.
+    refused(write(gateway_bin, state_dir, "press-1", "speed_raw", "12"), "unknown_point")
     refused(write(gateway_bin, state_dir, "sim-1", "x", "1"), "read_only_device")
     assert mbpoll(port, 0, "4") == ["125"] and mbpoll(port, 21, "4") == ["0"]
 

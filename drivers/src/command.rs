@@ -76,6 +76,8 @@ pub enum WriteError {
         wrote: Vec<u16>,
         read: Vec<u16>,
     },
+    #[error("{point} was written (the device acknowledged it) but reading it back failed: {why}")]
+    VerifyFailed { point: String, why: String },
     #[error("{device}'s link has {COMMAND_QUEUE} writes waiting; try again")]
     Busy { device: String },
     #[error("the driver of {device} has stopped")]
@@ -94,6 +96,7 @@ impl WriteError {
             WriteError::Timeout { .. } => "timeout",
             WriteError::Link { .. } => "link",
             WriteError::Mismatch { .. } => "mismatch",
+            WriteError::VerifyFailed { .. } => "verify_failed",
             WriteError::Busy { .. } => "busy",
             WriteError::Stopped { .. } => "stopped",
         }

@@ -18,7 +18,7 @@ use biota_drivers::command::{self, CommandSender, WriteError, WriteReport};
 use rustc_hash::FxHashMap as HashMap;
 use serde::Serialize;
 
-use crate::config::GatewayConfig;
+use crate::config::{GatewayConfig, Unmapped};
 use crate::metrics::Metrics;
 
 /// How long a caller waits for a driver's answer: the link may be in the
@@ -38,6 +38,11 @@ struct Target {
     sender: Option<CommandSender>,
     /// CDM point name → raw name and scaling, for points the profile maps.
     points: HashMap<String, Mapping>,
+    /// Raw names the profile renames: not CDM names, so not writable by
+    /// them (that would skip the profile's scaling).
+    renamed: rustc_hash::FxHashSet<String>,
+    /// The profile drops unmapped points: only mapped ones exist.
+    only_mapped: bool,
 }
 
 /// Why a command failed.
@@ -126,24 +131,29 @@ impl CommandBus {
                     .profile
                     .as_deref()
                     .and_then(|p| config.profiles.get(p));
-                let points = profile
-                    .map(|p| {
-                        p.points
-                            .iter()
-                            .map(|(raw, rule)| {
-                                let name = rule.name.clone().unwrap_or_else(|| raw.clone());
-                                let mapping = Mapping {
-                                    raw: raw.clone(),
-                                    scale: rule.scale,
-                                    offset: rule.offset,
-                                };
-                                (name, mapping)
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let mut points = HashMap::default();
+                let mut renamed = rustc_hash::FxHashSet::default();
+                for (raw, rule) in profile.map(|p| &p.points).into_iter().flatten() {
+                    let name = rule.name.clone().unwrap_or_else(|| raw.clone());
+                    if name != *raw {
+                        renamed.insert(raw.clone());
+                    }
+                    let mapping = Mapping {
+                        raw: raw.clone(),
+                        scale: rule.scale,
+                        offset: rule.offset,
+                    };
+                    points.insert(name, mapping);
+                }
+                let only_mapped = profile.is_some_and(|p| p.unmapped == Unmapped::Reject);
                 let sender = senders.remove(binding.device.as_str());
-                (binding.device, Target { sender, points })
+                let target = Target {
+                    sender,
+                    points,
+                    renamed,
+                    only_mapped,
+                };
+                (binding.device, target)
             })
             .collect();
         Self {
@@ -180,7 +190,17 @@ impl CommandBus {
             scale: 1.0,
             offset: 0.0,
         };
-        let mapping = target.points.get(&command.point).unwrap_or(&identity);
+        let mapping = match target.points.get(&command.point) {
+            Some(mapping) => mapping,
+            None if target.only_mapped || target.renamed.contains(&command.point) => {
+                return Err(WriteError::UnknownPoint {
+                    device: command.device.clone(),
+                    point: command.point.clone(),
+                }
+                .into());
+            }
+            None => &identity,
+        };
         let raw_value = unscale(&command.value, mapping).map_err(|why| CommandError::BadValue {
             point: command.point.clone(),
             value: display(&command.value),
@@ -242,8 +262,10 @@ fn unscale(value: &RawValue, mapping: &Mapping) -> Result<RawValue, String> {
             mapping.offset, mapping.scale
         ));
     }
+    // A few units in the last place: the error of one subtraction and one
+    // division, and no more (at 1e9 a looser bound would round 0.5 away).
     let nearest = raw.round();
-    if (raw - nearest).abs() <= 1e-9 * nearest.abs().max(1.0) {
+    if (raw - nearest).abs() <= 8.0 * f64::EPSILON * raw.abs().max(1.0) {
         return Ok(RawValue::F64(nearest));
     }
     Ok(RawValue::F64(raw))
@@ -286,6 +308,13 @@ mod tests {
         };
         assert!((f - 215.3).abs() < 1e-9);
         assert!(unscale(&RawValue::F64(1.0), &scaled(0.0, 0.0)).is_err());
+        // Large registers: a real fraction is not rounded away.
+        let RawValue::F64(f) =
+            unscale(&RawValue::F64(1_234_567.890_5), &scaled(0.001, 0.0)).unwrap()
+        else {
+            panic!("f64 expected")
+        };
+        assert!(f.fract() != 0.0, "{f}");
         // Identity keeps exact integers exact.
         let m = scaled(1.0, 0.0);
         assert_eq!(

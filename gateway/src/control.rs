@@ -94,8 +94,10 @@ impl ControlServer {
         &self.path
     }
 
-    /// Answers requests until `shutdown`.
+    /// Answers requests until `shutdown`. The socket file goes when this
+    /// ends, or when the runtime drops it on the way out.
     pub async fn serve(self, bus: CommandBus, status: StatusFn, shutdown: CancellationToken) {
+        let _file = SocketFile(self.path.clone());
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
             let slot = tokio::select! {
@@ -123,7 +125,15 @@ impl ControlServer {
                 drop(slot);
             });
         }
-        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Removes the socket file when dropped.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -149,7 +159,9 @@ async fn connection(stream: UnixStream, bus: &CommandBus, status: &StatusFn) {
         };
         let mut text = answer.to_string();
         text.push('\n');
-        if write.write_all(text.as_bytes()).await.is_err() || read > MAX_REQUEST {
+        // A client that does not read its answers does not hold a slot.
+        let sent = tokio::time::timeout(IDLE, write.write_all(text.as_bytes())).await;
+        if !matches!(sent, Ok(Ok(()))) || read > MAX_REQUEST {
             return;
         }
     }

@@ -15,6 +15,9 @@ use serde::Deserialize;
 
 use super::codec::{DataType, Order};
 use super::plan::{Area, MAX_READ_REGISTERS};
+
+/// Registers one "write multiple registers" (16) request carries.
+pub const MAX_WRITE_REGISTERS: u16 = 123;
 use crate::duration::serde_duration;
 use crate::{ConfigError, DeviceBinding};
 
@@ -418,6 +421,12 @@ fn validate_map(mpath: &str, map: &RegisterMap, err: &mut dyn FnMut(String, Stri
                     format!("{key}.length"),
                     format!("{who}: length must be 1..={MAX_READ_REGISTERS} registers, got {l}"),
                 ),
+                (DataType::String, Some(l)) if point.writable && l > MAX_WRITE_REGISTERS => err(
+                    format!("{key}.length"),
+                    format!(
+                        "{who}: a writable string is at most {MAX_WRITE_REGISTERS} registers (one write multiple registers request), got {l}"
+                    ),
+                ),
                 (ty, Some(_)) if ty != DataType::String => err(
                     format!("{key}.length"),
                     format!("{who}: length only applies to strings, not {}", ty.as_str()),
@@ -566,6 +575,7 @@ points = [
   { name = "w", area = "input_register", address = 30, type = "u16", writable = true },
   { name = "end", area = "holding_register", address = 65535, type = "u32" },
   { name = "u", area = "holding_register", address = 40, type = "u16" },
+  { name = "long", area = "holding_register", address = 100, type = "string", length = 124, writable = true },
 ]
 "#,
         );
@@ -582,6 +592,7 @@ points = [
                 "modbus.maps.m.groups[0].points[6].writable",
                 "modbus.maps.m.groups[0].points[7].address",
                 "modbus.maps.m.groups[0].points[8].name",
+                "modbus.maps.m.groups[0].points[9].length",
                 "modbus.rtu[0].stop_bits",
                 "modbus.rtu[0].devices[0].unit",
                 "modbus.rtu[0].devices[1].map",

@@ -57,6 +57,9 @@ pub(crate) struct DeviceRt {
 /// How transactions on a link are bounded and watched.
 pub(crate) struct Wire<'a> {
     pub(crate) timeout: Duration,
+    /// Silence between two transactions of one operation (a write and its
+    /// read-back) on a serial line; zero on TCP.
+    pub(crate) pause: Duration,
     /// Bytes received on the link so far (serial lines): bytes without a
     /// valid answer are a garbled frame, not silence.
     pub(crate) rx_bytes: Option<&'a AtomicU64>,
@@ -303,6 +306,10 @@ impl DeviceRt {
         }
         self.came_online();
         if verify {
+            // The inter-frame silence of a serial line (zero on TCP).
+            if !wire.pause.is_zero() {
+                tokio::time::sleep(wire.pause).await;
+            }
             let back = ReadRequest {
                 area: span.area,
                 start: address,
@@ -317,7 +324,25 @@ impl DeviceRt {
                     .take(1)
                     .map(u16::from)
                     .collect(),
-                Err(failure) => return self.write_failed(failure, wire.timeout),
+                Err(failure) => {
+                    let (outcome, why) = match failure {
+                        Failure::Exception(code) => (
+                            Outcome::Answered,
+                            format!("Modbus exception {code:?} ({})", u8::from(code)),
+                        ),
+                        Failure::Timeout => (
+                            Outcome::TimedOut,
+                            format!("no answer within {:?}", wire.timeout),
+                        ),
+                        Failure::Garbled => (Outcome::Broken, "a garbled answer".into()),
+                        Failure::Link(why) => (Outcome::Broken, why),
+                    };
+                    let error = WriteError::VerifyFailed {
+                        point: request.point.clone(),
+                        why,
+                    };
+                    return (Err(error), Some(outcome));
+                }
             };
             if read != words {
                 let error = WriteError::Mismatch {
@@ -505,6 +530,9 @@ async fn read(
     }
 }
 
+/// Bytes of the shortest RTU frame: address, function, exception code, CRC.
+const MIN_FRAME: u64 = 5;
+
 /// One Modbus transaction, bounded by the wire's timeout and counted in
 /// the device's stats.
 async fn exchange<T>(
@@ -512,12 +540,14 @@ async fn exchange<T>(
     wire: &Wire<'_>,
     call: impl Future<Output = tokio_modbus::Result<T>>,
 ) -> Result<T, Failure> {
-    let received = || wire.rx_bytes.map(|b| b.load(Relaxed));
+    let received = || wire.rx_bytes.map_or(0, |b| b.load(Relaxed));
     let before = received();
     let started = Instant::now();
     stats.requests.fetch_add(1, Relaxed);
     let result = match tokio::time::timeout(wire.timeout, call).await {
-        Err(_) if received() != before => Err(Failure::Garbled),
+        // At least the shortest frame (an exception: 5 bytes) came, but no
+        // valid one: garbled. Fewer bytes are a slow or cut-off answer.
+        Err(_) if received() - before >= MIN_FRAME => Err(Failure::Garbled),
         Err(_) => Err(Failure::Timeout),
         Ok(Err(e)) => Err(Failure::Link(e.to_string())),
         Ok(Ok(Err(code))) => Err(Failure::Exception(code)),
@@ -542,7 +572,7 @@ async fn exchange<T>(
 pub(crate) struct Commands(pub(crate) Option<CommandReceiver>);
 
 impl Commands {
-    async fn next(&mut self) -> WriteRequest {
+    pub(crate) async fn next(&mut self) -> WriteRequest {
         if let Some(rx) = &mut self.0 {
             if let Some(request) = rx.recv().await {
                 return request;
@@ -620,6 +650,12 @@ async fn serve_write(
     request: WriteRequest,
     wire: &Wire<'_>,
 ) -> (Option<usize>, Outcome) {
+    if request.reply.is_closed() {
+        // The caller gave up (timed out or went away): a write nobody
+        // waits for any more must not change the device later.
+        tracing::warn!(device = %request.device, point = %request.point, "write dropped: its caller stopped waiting");
+        return (None, Outcome::Answered);
+    }
     let Some(d) = devices.iter().position(|d| d.id == request.device) else {
         let _ = request.reply.send(Err(WriteError::Offline {
             device: request.device.to_string(),
@@ -643,7 +679,17 @@ async fn serve_write(
         }
     }
     let _ = request.reply.send(result);
-    (Some(d), outcome.unwrap_or(Outcome::Answered))
+    match outcome {
+        Some(outcome) => (Some(d), outcome),
+        // Refused before any I/O: nothing about the device or the link.
+        None => (None, Outcome::Answered),
+    }
+}
+
+/// Answers a write the link cannot carry out now.
+pub(crate) fn refuse_offline(request: WriteRequest, why: String) {
+    let device = request.device.to_string();
+    let _ = request.reply.send(Err(WriteError::Offline { device, why }));
 }
 
 /// The link is down: every device on it goes offline (once), then wait
@@ -659,6 +705,7 @@ pub(crate) async fn link_down(
 ) -> bool {
     let mut out = Vec::new();
     for d in devices.iter_mut() {
+        d.stats.link_errors.fetch_add(1, Relaxed);
         d.went_offline(&mut out);
     }
     if !send(sink, devices, out, shutdown).await {
@@ -670,12 +717,7 @@ pub(crate) async fn link_down(
         tokio::select! {
             () = shutdown.cancelled() => return false,
             () = &mut retry => return true,
-            request = commands.next() => {
-                let _ = request.reply.send(Err(WriteError::Offline {
-                    device: request.device.to_string(),
-                    why: why.to_owned(),
-                }));
-            }
+            request = commands.next() => refuse_offline(request, why.to_owned()),
         }
     }
 }

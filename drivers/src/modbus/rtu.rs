@@ -119,6 +119,7 @@ impl RtuBus {
             loop {
                 let wire = Wire {
                     timeout: self.config.timeout,
+                    pause: silence,
                     rx_bytes: Some(&rx_bytes),
                 };
                 let backoff = &self.backoff_until;
@@ -211,6 +212,10 @@ devices = [{ id = "meter", unit = 7, map = "m" }]
 [[maps.m.groups]]
 name = "g"
 points = [{ name = "power", area = "holding_register", address = 0, type = "u16" }]
+[[maps.m.groups]]
+name = "setpoints"
+interval = "1h"
+points = [{ name = "limit", area = "holding_register", address = 1, type = "u16", writable = true }]
 "#;
 
     /// A device on an in-memory line; `answer` is what the "slave" sends
@@ -234,6 +239,7 @@ points = [{ name = "power", area = "holding_register", address = 0, type = "u16"
         });
         let wire = Wire {
             timeout: Duration::from_millis(200),
+            pause: Duration::ZERO,
             rx_bytes: Some(&rx_bytes),
         };
         let (_, outcome) = device.poll(&mut ctx, 0, &wire).await;
@@ -288,5 +294,71 @@ points = [{ name = "power", area = "holding_register", address = 0, type = "u16"
             (1, 0, 0, 1)
         );
         assert_eq!(s.state, DeviceState::Online);
+    }
+
+    /// Runs one link step with `request` queued and nothing due yet.
+    async fn step_with(request: crate::command::WriteRequest) -> (Option<usize>, u64) {
+        use crate::modbus::poll::{Commands, step};
+        let config: ModbusConfig = toml::from_str(CONFIG).expect("parses");
+        let bus = RtuBus::new(&config.rtu[0], &config);
+        let mut devices = bus.devices;
+        let (master, _slave) = tokio::io::duplex(256);
+        let mut ctx = tokio_modbus::client::rtu::attach(master);
+        let (tx, rx) = crate::command::command_channel();
+        tx.try_send(request).expect("queued");
+        let wire = Wire {
+            timeout: Duration::from_millis(100),
+            pause: Duration::ZERO,
+            rx_bytes: None,
+        };
+        let shutdown = CancellationToken::new();
+        let (d, _, outcome) = step(
+            &mut devices,
+            &mut ctx,
+            |_| None,
+            &wire,
+            &shutdown,
+            &mut Commands(Some(rx)),
+        )
+        .await
+        .expect("a step");
+        assert_eq!(outcome, Outcome::Answered);
+        (d, devices[0].stats.snapshot().requests)
+    }
+
+    fn request(
+        point: &str,
+    ) -> (
+        crate::command::WriteRequest,
+        tokio::sync::oneshot::Receiver<
+            Result<crate::command::WriteReport, crate::command::WriteError>,
+        >,
+    ) {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let request = crate::command::WriteRequest {
+            device: "meter".into(),
+            point: point.into(),
+            value: crate::RawValue::Text("1".into()),
+            verify: false,
+            reply,
+        };
+        (request, answer)
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_caller_gave_up_is_not_carried_out() {
+        let (request, answer) = request("limit");
+        drop(answer);
+        assert_eq!(step_with(request).await, (None, 0), "no transaction");
+    }
+
+    #[tokio::test]
+    async fn a_write_refused_before_any_io_says_nothing_about_the_device() {
+        // Not writable: refused without a transaction, and no device is
+        // named, so a slave's back-off is left as it is.
+        let (request, answer) = request("power");
+        assert_eq!(step_with(request).await, (None, 0));
+        let refused = answer.await.expect("answered").expect_err("refused");
+        assert_eq!(refused.kind(), "not_writable");
     }
 }

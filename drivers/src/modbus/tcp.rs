@@ -18,7 +18,7 @@ use tokio_modbus::client::Context;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{ModbusConfig, TcpConnectionConfig};
-use super::poll::{Commands, DeviceRt, Outcome, Wire, link_down, send, step};
+use super::poll::{Commands, DeviceRt, Outcome, Wire, link_down, refuse_offline, send, step};
 use crate::command::CommandReceiver;
 use crate::{SampleSink, now_ns};
 
@@ -48,9 +48,20 @@ impl TcpConnection {
         let mut commands = Commands(Some(commands));
         let mut delay = self.config.reconnect_min;
         loop {
-            let ctx = tokio::select! {
-                () = shutdown.cancelled() => return,
-                ctx = self.connect() => ctx,
+            let ctx = {
+                let connect = connect(&self.config.address, self.config.timeout);
+                tokio::pin!(connect);
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        ctx = &mut connect => break ctx,
+                        // Writes are answered at once, not after the connect.
+                        request = commands.next() => refuse_offline(
+                            request,
+                            format!("connecting to {}", self.config.address),
+                        ),
+                    }
+                }
             };
             let mut ctx = match ctx {
                 Ok(ctx) => {
@@ -72,6 +83,7 @@ impl TcpConnection {
             loop {
                 let wire = Wire {
                     timeout: self.config.timeout,
+                    pause: Duration::ZERO,
                     rx_bytes: None,
                 };
                 let ready_at = |_| None;
@@ -96,21 +108,20 @@ impl TcpConnection {
             }
         }
     }
+}
 
-    async fn connect(&self) -> std::io::Result<Context> {
-        let addr: SocketAddr = tokio::net::lookup_host(&self.config.address)
+/// Resolves and connects, both within the request timeout.
+async fn connect(address: &str, timeout: Duration) -> std::io::Result<Context> {
+    let attempt = async {
+        let addr: SocketAddr = tokio::net::lookup_host(address)
             .await?
             .next()
-            .ok_or_else(|| {
-                std::io::Error::other(format!("{} resolves to no address", self.config.address))
-            })?;
-        tokio::time::timeout(
-            self.config.timeout,
-            tokio_modbus::client::tcp::connect(addr),
-        )
+            .ok_or_else(|| std::io::Error::other(format!("{address} resolves to no address")))?;
+        tokio_modbus::client::tcp::connect(addr).await
+    };
+    tokio::time::timeout(timeout, attempt)
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
-    }
 }
 
 fn jitter(delay: Duration) -> Duration {

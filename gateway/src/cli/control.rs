@@ -52,7 +52,14 @@ pub struct DevicesArgs {
 fn ask(args: &SocketArgs, request: &Json) -> anyhow::Result<Json> {
     let dir = biota_gateway::config::state_dir(args.state_dir.as_deref());
     let path = control::socket_path(&dir);
-    Ok(control::request(&path, request, ANSWER_TIMEOUT).map_err(Failure::Unavailable)?)
+    match control::request(&path, request, ANSWER_TIMEOUT) {
+        Ok(answer) => Ok(answer),
+        Err(e @ control::ClientError::Unreachable { .. }) => Err(Failure::Unavailable(e).into()),
+        // Sent, but no answer: a write may or may not have happened.
+        Err(e) => Err(anyhow::anyhow!(
+            "{e}; a write may or may not have been carried out (check with `biota-gateway query latest`)"
+        )),
+    }
 }
 
 /// Prints the gateway's error and returns failure, or the answer's body.
