@@ -115,6 +115,14 @@ def test_demo_runs_and_summarizes(gateway_bin, tmp_path):
     assert {"parts", "temperature", "pressure", "conveyor_on"} <= set(plc_rows), (
         f"the demo shows no Modbus readings of plc-1:\n{out}"
     )
+    # It writes a setpoint through the control socket and reads it back.
+    assert re.search(r"plc-1/speed_setpoint = 12\.5 .*read back and verified", out), out
+    assert re.search(r"^plc-1\s+online\s+\d+", out, re.M), f"no device counters:\n{out}"
+    # MQTT devices publish to the embedded broker: JSON (profile-scaled) and SenML.
+    meter = re.findall(r"^meter-1\s+(\S+)\s.*\b(kWh?)\s+good\s+\d+\s+mqtt://127\.0\.0\.1:\d+/plant/meter-1/json$", example, re.M)
+    assert {("energy", "kWh"), ("power", "kW")} <= set(meter), f"no MQTT meter readings:\n{out}"
+    env = re.findall(r"^env-1\s+(\S+)\s.*\s(Cel|%RH)\s+good\s+\d+\s+mqtt://", example, re.M)
+    assert {("temperature", "Cel"), ("humidity", "%RH")} <= set(env), f"no SenML readings:\n{out}"
 
     db = state / "gateway.db"
     stats = assert_gapless(db)

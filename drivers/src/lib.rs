@@ -16,6 +16,7 @@
 pub mod command;
 pub mod duration;
 pub mod modbus;
+pub mod mqtt;
 pub mod sim;
 pub mod stats;
 
@@ -72,6 +73,8 @@ pub struct Sample {
     /// The device's own timestamp (UTC ns since the Unix epoch), if it sent one.
     pub device_time: Option<i64>,
     pub quality: SampleQuality,
+    /// The unit the device stated (SenML `u`); a profile's unit wins.
+    pub unit: Option<Arc<str>>,
 }
 
 /// Samples that arrived together from one source.
@@ -83,6 +86,10 @@ pub struct SampleBatch {
     /// When the gateway received them (UTC ns); the ingest time.
     pub received_at: i64,
     pub samples: Vec<Sample>,
+    /// The profile the driver's configuration names for these samples'
+    /// devices when they are only known at run time (MQTT topic
+    /// captures); a profile bound to the device itself wins.
+    pub profile: Option<Arc<str>>,
 }
 
 /// Something sent through a [`batch_channel`]: it knows how many items it holds.
@@ -201,6 +208,9 @@ pub struct DriversConfig {
     /// Modbus devices (`[modbus]`). Default: none.
     #[serde(default)]
     pub modbus: Option<modbus::ModbusConfig>,
+    /// The MQTT broker and topic rules (`[mqtt]`). Default: none.
+    #[serde(default)]
+    pub mqtt: Option<mqtt::MqttConfig>,
 }
 
 /// A device a driver will produce samples for, with the profile its
@@ -233,6 +243,9 @@ impl DriversConfig {
         if let Some(modbus) = &self.modbus {
             modbus.validate(&key_path(prefix, "modbus"), &mut errors);
         }
+        if let Some(mqtt) = &self.mqtt {
+            mqtt.validate(&key_path(prefix, "mqtt"), &mut errors);
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -249,7 +262,19 @@ impl DriversConfig {
         if let Some(modbus) = &self.modbus {
             out.extend(modbus.devices(&key_path(prefix, "modbus")));
         }
+        if let Some(mqtt) = &self.mqtt {
+            out.extend(mqtt.devices(&key_path(prefix, "mqtt")));
+        }
         out
+    }
+
+    /// Profiles named for devices only known at run time (MQTT rules),
+    /// with their key paths, so the gateway can check they exist.
+    pub fn dynamic_profiles(&self, prefix: &str) -> Vec<(String, String)> {
+        self.mqtt
+            .as_ref()
+            .map(|m| m.profiles(&key_path(prefix, "mqtt")))
+            .unwrap_or_default()
     }
 }
 

@@ -567,25 +567,31 @@ impl GatewayConfig {
                 err(e.key_path, e.reason);
             }
         }
+        let known: Vec<&str> = self.profiles.keys().map(String::as_str).collect();
+        let undefined = |profile: &str| {
+            (!self.profiles.contains_key(profile)).then(|| {
+                format!(
+                    "profile `{profile}` is not defined (defined: {})",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                )
+            })
+        };
         for binding in self.drivers.devices("drivers") {
             if let Err(e) = cdm::validate_device(&binding.device) {
                 err(format!("{}.id", binding.key_path), e.to_string());
             }
-            if let Some(profile) = &binding.profile
-                && !self.profiles.contains_key(profile)
-            {
-                let known: Vec<&str> = self.profiles.keys().map(String::as_str).collect();
-                err(
-                    format!("{}.profile", binding.key_path),
-                    format!(
-                        "profile `{profile}` is not defined (defined: {})",
-                        if known.is_empty() {
-                            "none".to_owned()
-                        } else {
-                            known.join(", ")
-                        }
-                    ),
-                );
+            if let Some(reason) = binding.profile.as_deref().and_then(undefined) {
+                err(format!("{}.profile", binding.key_path), reason);
+            }
+        }
+        // Profiles for devices only known at run time (MQTT rules).
+        for (key_path, profile) in self.drivers.dynamic_profiles("drivers") {
+            if let Some(reason) = undefined(&profile) {
+                err(format!("{key_path}.profile"), reason);
             }
         }
         // Copies of one device entry repeat the same error: report it once.

@@ -10,7 +10,8 @@
 //! ← {"ok":true,"write":{"device":"plc-1","point":"setpoint",...,"verified":true}}
 //! ← {"ok":false,"error":{"kind":"not_writable","message":"point ... is not writable: ..."}}
 //! → {"op":"devices"}
-//! ← {"ok":true,"devices":[{"device":"plc-1","online":true,"requests":...},...]}
+//! ← {"ok":true,"devices":[{"device":"plc-1","state":"online","requests":...},...],
+//!    "mqtt":{"messages":...,"unmatched":...,"samples":...,"rejected":[{"topic":...,"reason":...,"count":...}]}}
 //! ```
 //!
 //! Writes go through the one command path, [`CommandBus`]. A malformed
@@ -190,7 +191,11 @@ async fn answer(line: &[u8], bus: &CommandBus, status: &StatusFn) -> Json {
                 Err(e) => command_error(&e),
             }
         }
-        Request::Devices => json!({ "ok": true, "devices": status() }),
+        Request::Devices => {
+            let mut answer = status();
+            answer["ok"] = json!(true);
+            answer
+        }
     }
 }
 

@@ -144,7 +144,10 @@ fn exit(result: anyhow::Result<ExitCode>) -> ExitCode {
 
 /// Logs to stderr; under systemd the journal adds timestamps, so we don't.
 fn init_logging(level: &str) {
-    let filter = std::env::var("BIOTA_LOG").unwrap_or_else(|_| level.to_owned());
+    // rumqttd logs routine client behaviour (a client that disconnects
+    // early) as errors: off unless asked for (BIOTA_LOG=info,rumqttd=warn).
+    // The MQTT driver logs what matters itself.
+    let filter = std::env::var("BIOTA_LOG").unwrap_or_else(|_| format!("{level},rumqttd=off"));
     let targets: tracing_subscriber::filter::Targets = filter.parse().unwrap_or_else(|_| {
         tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
     });
@@ -202,6 +205,6 @@ fn start_failed(e: &StartError, db_path: &Path) -> ExitCode {
     tracing::error!(path = %db_path.display(), "cannot start: {e}");
     match e {
         StartError::Store(_) => ExitCode::from(EXIT_STORE as u8),
-        StartError::Thread(_) => ExitCode::FAILURE,
+        StartError::Thread(_) | StartError::Mqtt(_) => ExitCode::FAILURE,
     }
 }

@@ -17,6 +17,7 @@ pub enum RejectReason {
     InvalidDevice,
     InvalidPoint,
     InvalidSource,
+    InvalidUnit,
     UnmappedPoint,
     TypeMismatch,
     OutOfRange,
@@ -25,10 +26,11 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::InvalidDevice,
         Self::InvalidPoint,
         Self::InvalidSource,
+        Self::InvalidUnit,
         Self::UnmappedPoint,
         Self::TypeMismatch,
         Self::OutOfRange,
@@ -41,6 +43,7 @@ impl RejectReason {
             Self::InvalidDevice => "invalid_device",
             Self::InvalidPoint => "invalid_point",
             Self::InvalidSource => "invalid_source",
+            Self::InvalidUnit => "invalid_unit",
             Self::UnmappedPoint => "unmapped_point",
             Self::TypeMismatch => "type_mismatch",
             Self::OutOfRange => "out_of_range",

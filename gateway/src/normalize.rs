@@ -69,6 +69,8 @@ impl Profile {
 /// Turns sample batches into readings (without seq: the writer assigns it).
 pub struct Normalizer {
     by_device: HashMap<Arc<str>, Arc<Profile>>,
+    /// Profiles by name, for batches that name theirs (MQTT rules).
+    by_name: HashMap<Arc<str>, Arc<Profile>>,
     passthrough: Arc<Profile>,
     /// Last stored value and quality per deadbanded series.
     deadband_last: HashMap<(Arc<str>, Arc<str>), (f64, Quality)>,
@@ -113,8 +115,13 @@ impl Normalizer {
                 Some((Arc::from(b.device.as_str()), profile))
             })
             .collect();
+        let by_name = profiles
+            .iter()
+            .map(|(name, p)| (Arc::from(*name), p.clone()))
+            .collect();
         Self {
             by_device,
+            by_name,
             passthrough: Arc::new(Profile::passthrough()),
             deadband_last: HashMap::default(),
             valid_sources: HashMap::default(),
@@ -144,7 +151,12 @@ impl Normalizer {
         }
         let before = out.len();
         for sample in batch.samples {
-            match self.one(sample, &batch.source, batch.received_at) {
+            match self.one(
+                sample,
+                &batch.source,
+                batch.profile.as_ref(),
+                batch.received_at,
+            ) {
                 Ok(Some(reading)) => out.push(reading),
                 Ok(None) => {
                     metrics.filtered.fetch_add(1, Relaxed);
@@ -166,8 +178,9 @@ impl Normalizer {
     #[allow(clippy::result_large_err)]
     fn one(
         &mut self,
-        sample: Sample,
+        mut sample: Sample,
         source: &Arc<str>,
+        batch_profile: Option<&Arc<str>>,
         received_at: i64,
     ) -> Result<Option<Reading>, (Sample, Rejection)> {
         if let Err(e) = cdm::validate_device(&sample.device) {
@@ -180,6 +193,7 @@ impl Normalizer {
         let profile = self
             .by_device
             .get(&sample.device)
+            .or_else(|| self.by_name.get(batch_profile?))
             .unwrap_or(&self.passthrough)
             .clone();
         let rule = profile.points.get(&*sample.point);
@@ -249,12 +263,29 @@ impl Normalizer {
                 }
             }
         }
+        // The profile's unit wins over the one the device sent.
+        let unit = match rule.and_then(|r| r.unit.clone()) {
+            Some(unit) => Some(unit),
+            None => match sample.unit.take() {
+                Some(unit) => match cdm::validate_unit(&unit) {
+                    Ok(()) => Some(unit),
+                    Err(e) => {
+                        let r = Rejection {
+                            reason: RejectReason::InvalidUnit,
+                            detail: e.to_string(),
+                        };
+                        return Err((sample, r));
+                    }
+                },
+                None => None,
+            },
+        };
         Ok(Some(Reading {
             device: sample.device,
             point,
             ts,
             value,
-            unit: rule.and_then(|r| r.unit.clone()),
+            unit,
             quality,
             seq: 0,
             source: source.clone(),
@@ -401,6 +432,7 @@ points = [{{ name = "x", waveform = "sine" }}]
             value,
             device_time,
             quality: SampleQuality::Good,
+            unit: None,
         }
     }
 
@@ -411,6 +443,7 @@ points = [{{ name = "x", waveform = "sine" }}]
                 source: "sim://test".into(),
                 received_at: NOW,
                 samples,
+                profile: None,
             },
             &mut out,
         );
@@ -552,6 +585,7 @@ type = "bool"
                 source: "bad\nsource".into(),
                 received_at: NOW,
                 samples: vec![sample("press-1", "count", RawValue::I64(1), None)],
+                profile: None,
             },
             &mut out,
         );

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use biota_drivers::modbus::ModbusDriver;
+use biota_drivers::mqtt::{MqttDriver, MqttError, MqttStats};
 use biota_drivers::stats::DeviceStats;
 use biota_drivers::{
     BatchSender, SampleSink, SampleSource, batch_channel, sample_channel, sim::SimDriver,
@@ -39,6 +40,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("cannot start the store writer thread: {0}")]
     Thread(#[source] std::io::Error),
+    #[error(transparent)]
+    Mqtt(#[from] MqttError),
 }
 
 /// How the pipeline ended.
@@ -55,6 +58,7 @@ pub struct Gateway {
     commands: CommandBus,
     /// Transaction counters of every device whose driver keeps them.
     device_stats: Arc<[Arc<DeviceStats>]>,
+    mqtt_stats: Option<Arc<MqttStats>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     /// Held until shutdown, so that a gateway with no (or only finished)
@@ -81,6 +85,12 @@ impl Gateway {
             sample_rx.depth_gauge(),
             reading_rx.depth_gauge(),
         ));
+        // First what can fail on the environment (a listener's port), so
+        // that nothing else has started when it does.
+        let mqtt = match config.drivers.mqtt.clone() {
+            Some(mqtt) => Some(MqttDriver::start(mqtt, sample_tx.clone())?),
+            None => None,
+        };
         let writer = {
             let (path, store, metrics) =
                 (db_path.to_owned(), config.store.clone(), metrics.clone());
@@ -111,12 +121,17 @@ impl Gateway {
             device_stats.extend(driver.stats());
             tasks.spawn(driver.run(shutdown.clone()));
         }
+        let mqtt_stats = mqtt.as_ref().map(MqttDriver::stats);
+        if let Some(driver) = mqtt {
+            tasks.spawn(driver.run(shutdown.clone()));
+        }
         tasks.close();
         let commands = CommandBus::new(config, command_senders, metrics.clone());
         Ok(Self {
             metrics,
             commands,
             device_stats: device_stats.into(),
+            mqtt_stats,
             shutdown,
             tasks,
             idle_sink: Some(sample_tx),
@@ -144,9 +159,14 @@ impl Gateway {
     pub fn serve_control(&self, path: &Path) -> std::io::Result<PathBuf> {
         let server = ControlServer::bind(path)?;
         let stats = self.device_stats.clone();
+        let mqtt = self.mqtt_stats.clone();
         let status: StatusFn = Arc::new(move || {
-            let all: Vec<_> = stats.iter().map(|s| s.snapshot()).collect();
-            serde_json::to_value(all).unwrap_or_default()
+            let devices: Vec<_> = stats.iter().map(|s| s.snapshot()).collect();
+            let mut status = serde_json::json!({ "devices": devices });
+            if let Some(m) = &mqtt {
+                status["mqtt"] = m.to_json();
+            }
+            status
         });
         let path = server.path().to_owned();
         tokio::spawn(server.serve(self.commands.clone(), status, self.shutdown.clone()));

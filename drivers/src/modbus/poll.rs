@@ -166,6 +166,7 @@ impl DeviceRt {
                 value,
                 device_time: None,
                 quality: SampleQuality::Good,
+                unit: None,
             });
         }
     }
@@ -187,6 +188,7 @@ impl DeviceRt {
                     value: value.clone(),
                     device_time: None,
                     quality: SampleQuality::Bad,
+                    unit: None,
                 });
             }
         }
@@ -770,6 +772,7 @@ pub(crate) async fn send(
             source,
             received_at,
             samples,
+            profile: None,
         };
         let sent = tokio::select! {
             biased;

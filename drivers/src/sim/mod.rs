@@ -192,6 +192,7 @@ impl SimDevice {
             source: self.source.clone(),
             received_at: now_ns(),
             samples,
+            profile: None,
         };
         tokio::select! {
             biased;
@@ -240,6 +241,7 @@ impl SimDevice {
             value,
             device_time,
             quality: SampleQuality::Good,
+            unit: None,
         }
     }
 }

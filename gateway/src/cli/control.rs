@@ -159,6 +159,21 @@ pub fn devices(args: &DevicesArgs) -> anyhow::Result<ExitCode> {
         }
         println!("  {}", d["source"].as_str().unwrap_or(""));
     }
+    let mqtt = &answer["mqtt"];
+    if mqtt.is_object() {
+        println!(
+            "\nMQTT: {} messages, {} samples, {} on topics no rule matches",
+            mqtt["messages"], mqtt["samples"], mqtt["unmatched"]
+        );
+        for r in mqtt["rejected"].as_array().into_iter().flatten() {
+            println!(
+                "  rejected {:>8}  {:<20} {}",
+                r["count"],
+                r["reason"].as_str().unwrap_or("?"),
+                r["topic"].as_str().unwrap_or("?")
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use biota_drivers::modbus::config::TcpConnectionConfig;
 use biota_drivers::modbus::simulator::SimulatedPlc;
+use biota_drivers::mqtt::simulator as mqtt_simulator;
+use biota_drivers::stats::DeviceState;
 use biota_gateway::config::GatewayConfig;
 use biota_gateway::store::StoreReader;
 use biota_gateway::systemd::status_line;
@@ -49,6 +51,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
     .map_err(Failure::from)?;
     let plc = connect_simulated_plc(&mut config)?;
+    let mqtt = free_mqtt_port(&mut config)?;
     let temp;
     let dir = match &args.state_dir {
         Some(dir) => dir.clone(),
@@ -69,6 +72,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     if let Some(plc) = &plc {
         println!("  Modbus TCP       simulated PLC `plc-1` served at {plc}");
     }
+    if let Some(broker) = mqtt {
+        println!(
+            "  MQTT             embedded broker at {broker}: boiler-1, meter-1 (JSON), env-1 (SenML) publish to it"
+        );
+    }
     println!(
         "  running for      {} (Ctrl-C stops)\n",
         format_duration(duration)
@@ -82,7 +90,23 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!(e))?;
     tokio::spawn(on_signal);
     let ready_after = started.elapsed();
+    if let Some(broker) = mqtt {
+        mqtt_simulator::start(broker, Duration::from_millis(200), shutdown.clone());
+    }
     let control = gateway.serve_control(&control::socket_path(&dir));
+    if plc.is_some() {
+        // The PLC answers within a few milliseconds of the start.
+        let stats = gateway.device_stats().clone();
+        let online = || {
+            stats
+                .iter()
+                .any(|s| &*s.device == "plc-1" && s.state() == DeviceState::Online)
+        };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !online() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     if let (Some(_), Ok(socket)) = (&plc, &control) {
         println!(
             "Writing a setpoint through the control socket ({}):",
@@ -158,6 +182,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             &reader.latest(Some("plc-1")).map_err(Failure::from)?,
         )?;
     }
+    if mqtt.is_some() {
+        for device in ["meter-1", "env-1"] {
+            writeln!(
+                out,
+                "\nExample: biota-gateway query latest --device {device}   (over MQTT)"
+            )?;
+            print_readings(
+                &mut out,
+                Format::Table,
+                &reader.latest(Some(device)).map_err(Failure::from)?,
+            )?;
+        }
+    }
     let now = now_ns();
     writeln!(
         out,
@@ -186,6 +223,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Moves the embedded MQTT broker (if configured) to a free local port, so
+/// the demo never clashes with a broker already running here.
+fn free_mqtt_port(config: &mut GatewayConfig) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    let Some(mqtt) = &mut config.drivers.mqtt else {
+        return Ok(None);
+    };
+    let probe = std::net::TcpListener::bind(("127.0.0.1", 0)).context("finding a free port")?;
+    mqtt.broker.listen = probe.local_addr()?;
+    Ok(Some(mqtt.broker.listen))
 }
 
 /// If the configuration has the `demo-plc` register map, serves a
