@@ -287,6 +287,31 @@ fn key_path(prefix: &str, name: &str) -> String {
     }
 }
 
+/// Runs the future `make` returns on a thread of its own, named `name`,
+/// with a single-threaded tokio runtime: for work that blocks (SQLite) or
+/// whose CPU time must be told apart (simulators).
+pub fn spawn_on_own_runtime<F, Fut>(
+    name: &str,
+    make: F,
+) -> std::io::Result<std::thread::JoinHandle<()>>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let thread = name.to_owned();
+    std::thread::Builder::new()
+        .name(thread.clone())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(make()),
+                Err(e) => tracing::error!(thread, error = %e, "cannot start a runtime"),
+            }
+        })
+}
+
 /// Current UTC time in nanoseconds since the Unix epoch.
 pub fn now_ns() -> i64 {
     match SystemTime::now().duration_since(UNIX_EPOCH) {

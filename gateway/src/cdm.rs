@@ -297,6 +297,31 @@ pub fn validate_source(source: &str) -> Result<(), CdmError> {
 }
 
 impl Reading {
+    /// The JSON form the CLI, the uplink and the API share: `device`,
+    /// `point`, `ts` (ns), `time` (RFC 3339), `value` (bytes as hex),
+    /// `kind`, `unit`, `quality`, `seq`, `source`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let value = match &self.value {
+            Value::Bool(b) => serde_json::json!(b),
+            Value::I64(i) => serde_json::json!(i),
+            Value::F64(f) => serde_json::json!(f),
+            Value::Text(t) => serde_json::json!(t),
+            Value::Bytes(_) => serde_json::json!(self.value.to_string()),
+        };
+        serde_json::json!({
+            "device": &*self.device,
+            "point": &*self.point,
+            "ts": self.ts,
+            "time": crate::time::format_rfc3339(self.ts),
+            "value": value,
+            "kind": self.value.kind().as_str(),
+            "unit": self.unit.as_deref(),
+            "quality": self.quality.as_str(),
+            "seq": self.seq,
+            "source": &*self.source,
+        })
+    }
+
     /// Checks every rule of `docs/cdm.md` §Validation.
     pub fn validate(&self) -> Result<(), CdmError> {
         validate_device(&self.device)?;

@@ -43,6 +43,83 @@ pub struct GatewayConfig {
     /// `[drivers.<protocol>]`: southbound drivers. Default: none.
     #[serde(default)]
     pub drivers: DriversConfig,
+    /// `[uplink]`: readings published to a northbound MQTT broker with
+    /// store-and-forward. Default: none.
+    #[serde(default)]
+    pub uplink: Option<UplinkConfig>,
+}
+
+/// `[uplink]`: see `docs/drivers/mqtt.md` (Uplink).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkConfig {
+    /// The broker, `host:port`.
+    pub broker: String,
+    /// MQTT client id; also `{gateway}` in the topic. Default: `biota-gateway`.
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    /// Login, if the broker wants one. Default: none.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Topic template: `{gateway}`, `{device}`, `{point}`. Default:
+    /// `biota/{gateway}/readings`.
+    #[serde(default = "default_uplink_topic")]
+    pub topic: String,
+    /// `json` (default) or `senml`.
+    #[serde(default)]
+    pub format: UplinkFormat,
+    /// Most readings in one message. Default: 500.
+    #[serde(default = "default_uplink_batch")]
+    pub batch: usize,
+    /// Messages sent but not yet acknowledged (QoS 1). Default: 8.
+    #[serde(default = "default_uplink_inflight")]
+    pub inflight: usize,
+    /// Most readings published per second. Default: no limit.
+    #[serde(default)]
+    pub max_rate: Option<f64>,
+    /// Most payload bytes per hour / per day (cellular links). Default: no limit.
+    #[serde(default, deserialize_with = "deserialize_size")]
+    pub budget_per_hour: Option<u64>,
+    #[serde(default, deserialize_with = "deserialize_size")]
+    pub budget_per_day: Option<u64>,
+    /// First reconnect delay, doubling up to `reconnect_max`. Default: `1s`.
+    #[serde(default = "default_uplink_reconnect_min", with = "serde_duration")]
+    pub reconnect_min: Duration,
+    /// Default: `60s`.
+    #[serde(default = "default_uplink_reconnect_max", with = "serde_duration")]
+    pub reconnect_max: Duration,
+}
+
+/// The uplink's payload format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UplinkFormat {
+    /// `{"gateway": .., "readings": [<reading as the CLI prints it>, ..]}`.
+    #[default]
+    Json,
+    /// A SenML pack; each record also carries `seq`.
+    Senml,
+}
+
+fn default_client_id() -> String {
+    "biota-gateway".into()
+}
+fn default_uplink_topic() -> String {
+    "biota/{gateway}/readings".into()
+}
+fn default_uplink_batch() -> usize {
+    500
+}
+fn default_uplink_inflight() -> usize {
+    8
+}
+fn default_uplink_reconnect_min() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_uplink_reconnect_max() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// `[store]`.
@@ -434,6 +511,72 @@ impl GatewayConfig {
     fn validate(&self) -> Vec<(String, String)> {
         let mut errors = Vec::new();
         let mut err = |key: String, reason: String| errors.push((key, reason));
+
+        if let Some(up) = &self.uplink {
+            if up
+                .broker
+                .rsplit_once(':')
+                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+            {
+                err(
+                    "uplink.broker".into(),
+                    format!("`{}` is not host:port", up.broker),
+                );
+            }
+            if up.client_id.is_empty() || up.client_id.len() > 64 {
+                err(
+                    "uplink.client_id".into(),
+                    "must be 1..=64 characters".into(),
+                );
+            }
+            let mut rest = up.topic.as_str();
+            while let Some(open) = rest.find('{') {
+                let Some(close) = rest[open..].find('}') else {
+                    err("uplink.topic".into(), "an unclosed `{`".into());
+                    break;
+                };
+                let name = &rest[open + 1..open + close];
+                if !["gateway", "device", "point"].contains(&name) {
+                    err(
+                        "uplink.topic".into(),
+                        format!("unknown placeholder `{{{name}}}` (known: gateway, device, point)"),
+                    );
+                }
+                rest = &rest[open + close + 1..];
+            }
+            if up.topic.is_empty() || up.topic.contains(['+', '#']) {
+                err(
+                    "uplink.topic".into(),
+                    "a topic to publish to: not empty, no wildcards".into(),
+                );
+            }
+            if !(1..=10_000).contains(&up.batch) {
+                err(
+                    "uplink.batch".into(),
+                    format!("must be 1..=10000, got {}", up.batch),
+                );
+            }
+            if !(1..=1000).contains(&up.inflight) {
+                err(
+                    "uplink.inflight".into(),
+                    format!("must be 1..=1000, got {}", up.inflight),
+                );
+            }
+            if let Some(rate) = up.max_rate
+                && (!rate.is_finite() || rate <= 0.0)
+            {
+                err(
+                    "uplink.max_rate".into(),
+                    format!("must be positive, got {rate}"),
+                );
+            }
+            if up.reconnect_min.is_zero() || up.reconnect_min > up.reconnect_max {
+                err(
+                    "uplink.reconnect_min".into(),
+                    "must be positive and at most reconnect_max".into(),
+                );
+            }
+        }
 
         let store = &self.store;
         if !(1..=1_000_000).contains(&store.commit_max_readings) {

@@ -12,6 +12,7 @@
 //! | [`pipeline`] | wiring drivers → normalizer → writer, shutdown order |
 //! | [`metrics`] | the pipeline's counters |
 //! | [`systemd`] | readiness, status and the watchdog over `$NOTIFY_SOCKET` |
+//! | [`uplink`] | store-and-forward to a northbound MQTT broker (QoS 1, acknowledged seq persisted) |
 //! | [`time`] | RFC 3339 and duration parsing/formatting |
 //!
 //! The binary (`src/main.rs`, `src/cli/`) is glue: command line, logging,
@@ -30,6 +31,7 @@ pub mod pipeline;
 pub mod store;
 pub mod systemd;
 pub mod time;
+pub mod uplink;
 
 pub use cdm::{Quality, Reading, Value, ValueKind};
 pub use config::GatewayConfig;

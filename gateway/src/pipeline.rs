@@ -14,6 +14,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
 use biota_drivers::modbus::ModbusDriver;
 use biota_drivers::mqtt::{MqttDriver, MqttError, MqttStats};
@@ -32,6 +33,7 @@ use crate::metrics::Metrics;
 use crate::normalize::Normalizer;
 use crate::store::writer::WriterReport;
 use crate::store::{StoreError, StoreWriter, WriterHandle};
+use crate::uplink::{self, UplinkStats};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +61,7 @@ pub struct Gateway {
     /// Transaction counters of every device whose driver keeps them.
     device_stats: Arc<[Arc<DeviceStats>]>,
     mqtt_stats: Option<Arc<MqttStats>>,
+    uplink: Option<(Arc<UplinkStats>, std::thread::JoinHandle<()>)>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     /// Held until shutdown, so that a gateway with no (or only finished)
@@ -122,6 +125,13 @@ impl Gateway {
             tasks.spawn(driver.run(shutdown.clone()));
         }
         let mqtt_stats = mqtt.as_ref().map(MqttDriver::stats);
+        let uplink = match config.uplink.clone() {
+            Some(up) => Some(
+                uplink::start(up, db_path.to_owned(), metrics.clone(), shutdown.clone())
+                    .map_err(StartError::Thread)?,
+            ),
+            None => None,
+        };
         if let Some(driver) = mqtt {
             tasks.spawn(driver.run(shutdown.clone()));
         }
@@ -132,6 +142,7 @@ impl Gateway {
             commands,
             device_stats: device_stats.into(),
             mqtt_stats,
+            uplink,
             shutdown,
             tasks,
             idle_sink: Some(sample_tx),
@@ -160,11 +171,16 @@ impl Gateway {
         let server = ControlServer::bind(path)?;
         let stats = self.device_stats.clone();
         let mqtt = self.mqtt_stats.clone();
+        let uplink = self.uplink.as_ref().map(|(s, _)| s.clone());
+        let metrics = self.metrics.clone();
         let status: StatusFn = Arc::new(move || {
             let devices: Vec<_> = stats.iter().map(|s| s.snapshot()).collect();
             let mut status = serde_json::json!({ "devices": devices });
             if let Some(m) = &mqtt {
                 status["mqtt"] = m.to_json();
+            }
+            if let Some(u) = &uplink {
+                status["uplink"] = u.to_json(metrics.last_seq.load(Relaxed));
             }
             status
         });
@@ -185,8 +201,12 @@ impl Gateway {
         drop(self.idle_sink.take());
         let writer = self.writer;
         let tasks = self.tasks;
+        let uplink = self.uplink.take().map(|(_, thread)| thread);
         let drain = async move {
             tasks.wait().await;
+            if let Some(thread) = uplink {
+                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            }
             tokio::task::spawn_blocking(move || writer.join())
                 .await
                 .unwrap_or_default()

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use biota_gateway::config::{RetentionConfig, StoreConfig, Synchronous};
 use biota_gateway::metrics::Metrics;
-use biota_gateway::store::query::{AGGREGATE_SQL, LATEST_SQL, RANGE_SQL};
+use biota_gateway::store::query::{AFTER_SEQ_SQL, AGGREGATE_SQL, LATEST_SQL, RANGE_SQL};
 use biota_gateway::store::{Cursor, StoreReader, StoreWriter};
 use biota_gateway::{Quality, Reading, Value};
 
@@ -267,6 +267,7 @@ fn every_query_is_answered_from_an_index() {
     for (name, sql, index) in [
         ("latest", LATEST_SQL, "INTEGER PRIMARY KEY"),
         ("range", RANGE_SQL, "USING INDEX readings_by_series_ts"),
+        ("after seq", AFTER_SEQ_SQL, "INTEGER PRIMARY KEY"),
         (
             "aggregate",
             AGGREGATE_SQL,

@@ -189,45 +189,29 @@ impl SimulatedPlc {
             written: Arc::default(),
             any_written: Arc::default(),
         };
-        std::thread::Builder::new()
-            .name("plc-simulator".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot start the simulated PLC");
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    let listener = match TcpListener::from_std(std_listener) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot listen for the simulated PLC");
-                            return;
-                        }
-                    };
-                    let server = Server::new(listener);
-                    let on_connected = |stream, addr| {
-                        let plc = plc.clone();
-                        async move {
-                            accept_tcp_connection(stream, addr, move |_| Ok(Some(plc.clone())))
-                        }
-                    };
-                    if let Err(e) = server
-                        .serve(
-                            &on_connected,
-                            |e| tracing::debug!(error = %e, "simulated PLC connection ended"),
-                        )
-                        .await
-                    {
-                        tracing::error!(error = %e, "the simulated PLC stopped");
-                    }
-                });
-            })?;
+        crate::spawn_on_own_runtime("plc-simulator", move || async move {
+            let listener = match TcpListener::from_std(std_listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for the simulated PLC");
+                    return;
+                }
+            };
+            let server = Server::new(listener);
+            let on_connected = |stream, addr| {
+                let plc = plc.clone();
+                async move { accept_tcp_connection(stream, addr, move |_| Ok(Some(plc.clone()))) }
+            };
+            if let Err(e) = server
+                .serve(
+                    &on_connected,
+                    |e| tracing::debug!(error = %e, "simulated PLC connection ended"),
+                )
+                .await
+            {
+                tracing::error!(error = %e, "the simulated PLC stopped");
+            }
+        })?;
         Ok(Self {
             address,
             requests,

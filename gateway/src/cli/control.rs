@@ -159,6 +159,28 @@ pub fn devices(args: &DevicesArgs) -> anyhow::Result<ExitCode> {
         }
         println!("  {}", d["source"].as_str().unwrap_or(""));
     }
+    let up = &answer["uplink"];
+    if up.is_object() {
+        println!(
+            "\nUplink: {}, acknowledged up to seq {} (backlog {}), {} messages, {} readings, {} bytes, {} lost to retention{}",
+            if up["connected"] == json!(true) {
+                "connected"
+            } else {
+                "disconnected"
+            },
+            up["acked_seq"],
+            up["backlog"],
+            up["messages"],
+            up["readings"],
+            up["bytes"],
+            up["lost_to_retention"],
+            if up["over_budget"] == json!(true) {
+                ", waiting for the data budget"
+            } else {
+                ""
+            }
+        );
+    }
     let mqtt = &answer["mqtt"];
     if mqtt.is_object() {
         println!(

@@ -5,10 +5,10 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use biota_gateway::Reading;
 use biota_gateway::config::{GatewayConfig, state_dir};
 use biota_gateway::store::{Bucket, Cursor, StoreReader};
 use biota_gateway::time::{format_rfc3339, now_ns, parse_duration, parse_time_arg};
-use biota_gateway::{Reading, Value};
 use clap::{Args, Subcommand, ValueEnum};
 
 use super::Failure;
@@ -156,28 +156,6 @@ fn reading_cells(r: &Reading) -> [String; 8] {
     ]
 }
 
-fn reading_json(r: &Reading) -> serde_json::Value {
-    let value = match &r.value {
-        Value::Bool(b) => serde_json::json!(b),
-        Value::I64(i) => serde_json::json!(i),
-        Value::F64(f) => serde_json::json!(f),
-        Value::Text(t) => serde_json::json!(t),
-        Value::Bytes(_) => serde_json::json!(r.value.to_string()),
-    };
-    serde_json::json!({
-        "device": &*r.device,
-        "point": &*r.point,
-        "ts": r.ts,
-        "time": format_rfc3339(r.ts),
-        "value": value,
-        "kind": r.value.kind().as_str(),
-        "unit": r.unit.as_deref(),
-        "quality": r.quality.as_str(),
-        "seq": r.seq,
-        "source": &*r.source,
-    })
-}
-
 pub fn print_readings(
     out: &mut impl Write,
     format: Format,
@@ -185,7 +163,7 @@ pub fn print_readings(
 ) -> anyhow::Result<()> {
     match format {
         Format::Json => {
-            let rows: Vec<_> = readings.iter().map(reading_json).collect();
+            let rows: Vec<_> = readings.iter().map(Reading::to_json).collect();
             serde_json::to_writer_pretty(&mut *out, &rows)?;
             writeln!(out)?;
         }

@@ -38,6 +38,16 @@ pub const AGGREGATE_SQL: &str = "SELECT ts, value FROM readings
      WHERE series = ?1 AND ts >= ?2 AND ts < ?3
      ORDER BY ts, seq";
 
+/// Readings after a seq, in seq order (the uplink's store-and-forward).
+pub const AFTER_SEQ_SQL: &str =
+    "SELECT s.device, s.point, r.seq, r.ts, r.flags, r.value, l.unit, l.source
+     FROM readings r
+     JOIN series s ON s.id = r.series
+     JOIN labels l ON l.id = r.label
+     WHERE r.seq > ?1
+     ORDER BY r.seq
+     LIMIT ?2";
+
 const SERIES_SQL: &str = "SELECT id FROM series WHERE device = ?1 AND point = ?2";
 
 /// Where a range query continues: after (ts, seq).
@@ -102,23 +112,44 @@ impl StoreReader {
 
     /// The latest reading of every series (of `device`, if given).
     pub fn latest(&self, device: Option<&str>) -> Result<Vec<Reading>, StoreError> {
+        self.named_readings(LATEST_SQL, [device], "querying latest values")
+    }
+
+    /// Rows of (device, point, then a reading's columns) as readings.
+    fn named_readings(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        what: &'static str,
+    ) -> Result<Vec<Reading>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare_cached(LATEST_SQL)
-            .map_err(sql_err(&self.path, "preparing the latest query"))?;
-        let mut rows = stmt
-            .query([device])
-            .map_err(sql_err(&self.path, "querying latest values"))?;
+            .prepare_cached(sql)
+            .map_err(sql_err(&self.path, what))?;
+        let mut rows = stmt.query(params).map_err(sql_err(&self.path, what))?;
         let mut out = Vec::new();
-        while let Some(row) = rows
-            .next()
-            .map_err(sql_err(&self.path, "reading latest values"))?
-        {
+        while let Some(row) = rows.next().map_err(sql_err(&self.path, what))? {
             let device: Arc<str> = Arc::from(row_str(row, 0, &self.path)?);
             let point: Arc<str> = Arc::from(row_str(row, 1, &self.path)?);
             out.push(self.reading(row, 2, device, point)?);
         }
         Ok(out)
+    }
+
+    /// At most `limit` readings with seq greater than `seq`, in seq order.
+    pub fn after_seq(&self, seq: u64, limit: usize) -> Result<Vec<Reading>, StoreError> {
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.named_readings(AFTER_SEQ_SQL, [seq, limit], "querying readings by seq")
+    }
+
+    /// The oldest stored seq (retention deletes from the start), if any.
+    pub fn oldest_seq(&self) -> Result<Option<u64>, StoreError> {
+        let seq: Option<i64> = self
+            .conn
+            .query_row("SELECT min(seq) FROM readings", [], |r| r.get(0))
+            .map_err(sql_err(&self.path, "finding the oldest reading"))?;
+        Ok(seq.map(|s| s as u64))
     }
 
     fn series_id(&self, device: &str, point: &str) -> Result<Option<i64>, StoreError> {
