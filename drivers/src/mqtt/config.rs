@@ -73,6 +73,9 @@ pub enum Format {
     Json,
     /// A SenML JSON pack (RFC 8428).
     Senml,
+    /// Sparkplug B (`spBv1.0/...` topics, protobuf payloads): the topic
+    /// names the devices.
+    Sparkplug,
 }
 
 /// `[[drivers.mqtt.rules]]`: messages on matching topics become samples.
@@ -82,7 +85,7 @@ pub struct RuleConfig {
     /// Topic pattern: MQTT levels, `+`, a final `#`, and captures
     /// `{device}` and `{point}` (one level each).
     pub topic: String,
-    /// `plain`, `json` or `senml`.
+    /// `plain`, `json`, `senml` or `sparkplug`.
     pub format: Format,
     /// The device, when the topic does not capture `{device}` (and, for
     /// SenML, the pack's base name does not name it).
@@ -145,14 +148,34 @@ impl MqttConfig {
                     continue;
                 }
             };
+            if rule.format == Format::Sparkplug {
+                // The Sparkplug namespace names group, edge node and
+                // device; a rule cannot name them otherwise.
+                for (name, set) in [
+                    ("device", rule.device.is_some()),
+                    ("point", rule.point.is_some()),
+                ] {
+                    if set || pattern.captures(name) {
+                        err(
+                            format!("{key}.{name}"),
+                            format!(
+                                "a sparkplug rule takes devices and points from the Sparkplug topic and payload: no {name} or {{{name}}}"
+                            ),
+                        );
+                    }
+                }
+            }
             let has_device = pattern.captures("device") || rule.device.is_some();
-            if pattern.captures("device") && rule.device.is_some() {
+            if pattern.captures("device")
+                && rule.device.is_some()
+                && rule.format != Format::Sparkplug
+            {
                 err(
                     format!("{key}.device"),
                     "the topic captures {device}; a fixed device would contradict it".into(),
                 );
             }
-            if !has_device && rule.format != Format::Senml {
+            if !has_device && !matches!(rule.format, Format::Senml | Format::Sparkplug) {
                 err(
                     format!("{key}.device"),
                     format!(
@@ -276,6 +299,45 @@ format = "senml"
                 "drivers.mqtt.rules[4].points.t",
                 "drivers.mqtt.rules[4].timestamp",
             ]
+        );
+    }
+
+    #[test]
+    fn sparkplug_rules_take_devices_from_the_namespace() {
+        let config: MqttConfig = toml::from_str(
+            r#"
+[[rules]]
+topic = "spBv1.0/#"
+format = "sparkplug"
+profile = "meter"
+
+[[rules]]
+topic = "spBv1.0/fixed/#"
+format = "sparkplug"
+device = "press-1"
+
+[[rules]]
+topic = "spBv1.0/{device}/#"
+format = "sparkplug"
+point = "p"
+"#,
+        )
+        .expect("parses");
+        let mut errors = Vec::new();
+        config.validate("drivers.mqtt", &mut errors);
+        let keys: Vec<&str> = errors.iter().map(|e| e.key_path.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "drivers.mqtt.rules[1].device",
+                "drivers.mqtt.rules[2].device",
+                "drivers.mqtt.rules[2].point",
+            ]
+        );
+        assert!(
+            errors[0].reason.contains("Sparkplug"),
+            "{}",
+            errors[0].reason
         );
     }
 

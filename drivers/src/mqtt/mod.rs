@@ -4,6 +4,7 @@
 //! - [`config`]: the broker's listener and limits, the rules.
 //! - [`topic`]: topic patterns with `{device}`/`{point}` captures.
 //! - [`decode`]: payload decoders (plain, JSON, SenML).
+//! - [`sparkplug`]: Sparkplug B topics, payloads and edge-node sessions.
 //! - [`simulator`]: simulated devices publishing over MQTT (the demo).
 //!
 //! The broker runs on its own thread (`mqtt-broker`, with rumqttd's own
@@ -17,6 +18,7 @@
 pub mod config;
 pub mod decode;
 pub mod simulator;
+pub mod sparkplug;
 pub mod topic;
 
 use std::collections::{BTreeMap, HashMap};
@@ -29,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::MqttConfig;
 use config::{Format, RuleConfig};
 use decode::{DecodeError, Decoded, JsonLayout};
+use sparkplug::Sparkplug;
 use topic::TopicPattern;
 
 use crate::{Sample, SampleBatch, SampleQuality, SampleSink, now_ns};
@@ -159,6 +162,9 @@ pub struct Mapper {
     names: HashMap<String, Arc<str>>,
     /// Prefix of every sample's source, e.g. `mqtt://127.0.0.1:1883/`.
     source_prefix: String,
+    /// Sparkplug B edge-node sessions (aliases, sequence numbers, last
+    /// values), for every `sparkplug` rule.
+    sparkplug: Sparkplug,
 }
 
 impl Mapper {
@@ -168,6 +174,7 @@ impl Mapper {
             stats,
             names: HashMap::new(),
             source_prefix,
+            sparkplug: Sparkplug::default(),
         }
     }
 
@@ -218,6 +225,7 @@ impl Mapper {
             Format::Plain => decode::plain(payload).map(|d| (vec![d], Vec::new())),
             Format::Json => decode::json(payload, &rule.json),
             Format::Senml => decode::senml(payload, received_at),
+            Format::Sparkplug => return self.map_sparkplug(topic, payload, received_at, profile),
         };
         let (values, errors) = match decoded {
             Ok(found) => found,
@@ -254,6 +262,40 @@ impl Mapper {
                 quality: SampleQuality::Good,
                 unit: d.unit.map(Arc::from),
             });
+        }
+        if samples.is_empty() {
+            return None;
+        }
+        self.stats.samples.fetch_add(samples.len() as u64, Relaxed);
+        Some(SampleBatch {
+            source: format!("{}{topic}", self.source_prefix).into(),
+            received_at,
+            samples,
+            profile,
+        })
+    }
+}
+
+impl Mapper {
+    /// A message of a `sparkplug` rule: the topic and payload name the
+    /// devices and points; the samples carry their own quality (a death
+    /// marks the last values bad).
+    fn map_sparkplug(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        received_at: i64,
+        profile: Option<Arc<str>>,
+    ) -> Option<SampleBatch> {
+        let (samples, errors) = match self.sparkplug.decode(topic, payload) {
+            Ok(found) => found,
+            Err(e) => {
+                self.stats.reject(topic, &e);
+                return None;
+            }
+        };
+        for e in &errors {
+            self.stats.reject(topic, e);
         }
         if samples.is_empty() {
             return None;
