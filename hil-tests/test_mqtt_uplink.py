@@ -215,3 +215,56 @@ batch = 0
     assert out.returncode == 78
     for key in ["uplink.broker", "uplink.topic", "uplink.batch"]:
         assert key in out.stderr, out.stderr
+
+
+def test_upstream_subscription_maps_and_survives_a_broker_restart(gateway_bin, spawn, write_config, state_dir, tmp_path):
+    """Mosquitto as the source: the gateway subscribes to it (no embedded
+    broker), maps by the rules, and resubscribes after Mosquitto restarts."""
+    from test_mqtt import latest, pub
+
+    port = free_port()
+    broker = Mosquitto(tmp_path, port)
+    broker.start()
+    cfg = write_config(
+        f"""
+[store]
+commit_max_delay = "20ms"
+
+[drivers.mqtt.broker]
+enabled = false
+
+[[drivers.mqtt.upstream]]
+broker = "127.0.0.1:{port}"
+client_id = "gw-upstream"
+topics = ["plant/#"]
+reconnect_min = "200ms"
+reconnect_max = "500ms"
+
+[[drivers.mqtt.rules]]
+topic = "plant/{{device}}/telemetry/{{point}}"
+format = "plain"
+"""
+    )
+    db = state_dir / "gateway.db"
+    try:
+        gw = spawn(gateway_bin, cfg, state_dir)
+        gw.wait_ready(timeout=30)
+
+        def published(value: str) -> bool:
+            pub(port, "plant/kiln-1/telemetry/temp", value)
+            rows = latest(gateway_bin, db, "kiln-1") if db.exists() else {}
+            return rows.get("temp", {}).get("value") == float(value)
+
+        # The subscription may take a moment after READY: publish until it lands.
+        wait_until(lambda: published("850.5"), 15, "a reading from the upstream broker")
+        row = latest(gateway_bin, db, "kiln-1")["temp"]
+        assert row["source"] == f"mqtt://127.0.0.1:{port}/plant/kiln-1/telemetry/temp"
+
+        broker.stop()
+        time.sleep(1)
+        broker.start()
+        wait_until(lambda: published("851.25"), 15, "readings again after the broker restarted")
+        assert gw.alive()
+        assert gw.stop() == 0
+    finally:
+        broker.stop()

@@ -21,12 +21,66 @@ pub struct MqttConfig {
     /// `[[drivers.mqtt.rules]]`: topic → device/point mappings.
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
+    /// `[[drivers.mqtt.upstream]]`: subscriptions to external brokers,
+    /// mapped by the same rules. Default: none.
+    #[serde(default)]
+    pub upstream: Vec<UpstreamConfig>,
+}
+
+/// A subscription to an external broker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `host:port`.
+    pub broker: String,
+    /// MQTT client id. Default: `biota-gateway-upstream-<n>` (n: its index).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Topic filters to subscribe to. Default: `#`.
+    #[serde(default = "default_upstream_topics")]
+    pub topics: Vec<String>,
+    /// 0 or 1. Default: 1.
+    #[serde(default = "default_upstream_qos")]
+    pub qos: u8,
+    /// First reconnect delay, doubling up to `reconnect_max`. Default: `1s`.
+    #[serde(
+        default = "default_reconnect_min",
+        with = "crate::duration::serde_duration"
+    )]
+    pub reconnect_min: std::time::Duration,
+    /// Default: `60s`.
+    #[serde(
+        default = "default_reconnect_max",
+        with = "crate::duration::serde_duration"
+    )]
+    pub reconnect_max: std::time::Duration,
+}
+
+fn default_upstream_topics() -> Vec<String> {
+    vec!["#".into()]
+}
+fn default_upstream_qos() -> u8 {
+    1
+}
+fn default_reconnect_min() -> std::time::Duration {
+    std::time::Duration::from_secs(1)
+}
+fn default_reconnect_max() -> std::time::Duration {
+    std::time::Duration::from_secs(60)
 }
 
 /// The embedded broker (rumqttd).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
+    /// Run the embedded broker. Default: true (false: upstream
+    /// subscriptions only).
+    #[serde(default = "yes")]
+    pub enabled: bool,
     /// Plain MQTT listener. Default: `127.0.0.1:1883` (this host only).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
@@ -45,6 +99,7 @@ pub struct BrokerConfig {
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             listen: default_listen(),
             max_payload: default_max_payload(),
             max_connections: default_max_connections(),
@@ -53,6 +108,9 @@ impl Default for BrokerConfig {
     }
 }
 
+fn yes() -> bool {
+    true
+}
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 1883))
 }
@@ -138,6 +196,42 @@ impl MqttConfig {
                 format!("{path}.broker.max_connections"),
                 format!("must be 1..=100000, got {}", broker.max_connections),
             );
+        }
+        for (i, up) in self.upstream.iter().enumerate() {
+            let key = format!("{path}.upstream[{i}]");
+            if up
+                .broker
+                .rsplit_once(':')
+                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+            {
+                err(
+                    format!("{key}.broker"),
+                    format!("`{}` is not host:port", up.broker),
+                );
+            }
+            if up.qos > 1 {
+                err(
+                    format!("{key}.qos"),
+                    format!("must be 0 or 1, got {}", up.qos),
+                );
+            }
+            if up.topics.is_empty() {
+                err(
+                    format!("{key}.topics"),
+                    "subscribe to at least one filter".into(),
+                );
+            }
+            for (t, topic) in up.topics.iter().enumerate() {
+                if let Err(e) = TopicPattern::parse(topic) {
+                    err(format!("{key}.topics[{t}]"), e.0);
+                }
+            }
+            if up.reconnect_min.is_zero() || up.reconnect_min > up.reconnect_max {
+                err(
+                    format!("{key}.reconnect_min"),
+                    "must be positive and at most reconnect_max".into(),
+                );
+            }
         }
         for (i, rule) in self.rules.iter().enumerate() {
             let key = format!("{path}.rules[{i}]");

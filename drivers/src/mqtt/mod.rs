@@ -6,6 +6,7 @@
 //! - [`decode`]: payload decoders (plain, JSON, SenML).
 //! - [`sparkplug`]: Sparkplug B topics, payloads and edge-node sessions.
 //! - [`simulator`]: simulated devices publishing over MQTT (the demo).
+//! - [`upstream`]: subscriptions to external brokers, same rules.
 //!
 //! The broker runs on its own thread (`mqtt-broker`, with rumqttd's own
 //! runtimes); the driver reads from it through an in-process link, no
@@ -20,6 +21,7 @@ pub mod decode;
 pub mod simulator;
 pub mod sparkplug;
 pub mod topic;
+pub mod upstream;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -323,6 +325,14 @@ impl MqttDriver {
     /// link to every rule's topic. Fails if the listener's address is
     /// taken.
     pub fn start(config: MqttConfig, sink: SampleSink) -> Result<Self, MqttError> {
+        if !config.broker.enabled {
+            return Ok(Self {
+                config,
+                sink,
+                stats: Arc::default(),
+                link: None,
+            });
+        }
         let listen = config.broker.listen;
         // rumqttd reports a bind failure only in its log: check first.
         std::net::TcpListener::bind(listen).map_err(|source| MqttError::Listen {
@@ -361,8 +371,27 @@ impl MqttDriver {
         self.stats.clone()
     }
 
-    /// Maps the broker's messages to samples until `shutdown`.
+    /// Maps the embedded broker's and the upstream brokers' messages to
+    /// samples until `shutdown`.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        let tracker = tokio_util::task::TaskTracker::new();
+        for (i, up) in self.config.upstream.iter().enumerate() {
+            tracker.spawn(upstream::run(
+                i,
+                up.clone(),
+                self.config.rules.clone(),
+                self.stats.clone(),
+                self.sink.clone(),
+                shutdown.clone(),
+            ));
+        }
+        tracker.close();
+        self.embedded(shutdown).await;
+        tracker.wait().await;
+    }
+
+    /// Maps the embedded broker's messages until `shutdown`.
+    async fn embedded(&mut self, shutdown: CancellationToken) {
         let Some((_tx, mut rx)) = self.link.take() else {
             return;
         };
