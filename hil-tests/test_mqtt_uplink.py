@@ -35,6 +35,8 @@ persistence true
 persistence_location {tmp / "mosq-data"}/
 max_queued_messages 0
 log_dest stderr
+# As root, mosquitto would switch to its own user, who cannot write the test's directory.
+user root
 """
         )
         self.proc: subprocess.Popen | None = None

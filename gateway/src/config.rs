@@ -90,6 +90,10 @@ pub struct UplinkConfig {
     /// Default: `60s`.
     #[serde(default = "default_uplink_reconnect_max", with = "serde_duration")]
     pub reconnect_max: Duration,
+    /// TLS to the broker: `ca`, and `cert` + `key` for a client
+    /// certificate. Default: plain MQTT.
+    #[serde(default)]
+    pub tls: Option<biota_drivers::mqtt::tls::ClientTls>,
 }
 
 /// The uplink's payload format.
@@ -522,6 +526,9 @@ impl GatewayConfig {
                     "uplink.broker".into(),
                     format!("`{}` is not host:port", up.broker),
                 );
+            }
+            if let Some(Err(e)) = up.tls.as_ref().map(|t| t.validate()) {
+                err("uplink.tls".into(), e);
             }
             if up.client_id.is_empty() || up.client_id.len() > 64 {
                 err(

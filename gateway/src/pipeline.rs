@@ -44,6 +44,8 @@ pub enum StartError {
     Thread(#[source] std::io::Error),
     #[error(transparent)]
     Mqtt(#[from] MqttError),
+    #[error("cannot start the uplink: {0}")]
+    Uplink(#[source] std::io::Error),
 }
 
 /// How the pipeline ended.
@@ -128,7 +130,7 @@ impl Gateway {
         let uplink = match config.uplink.clone() {
             Some(up) => Some(
                 uplink::start(up, db_path.to_owned(), metrics.clone(), shutdown.clone())
-                    .map_err(StartError::Thread)?,
+                    .map_err(StartError::Uplink)?,
             ),
             None => None,
         };

@@ -98,6 +98,14 @@ pub fn start(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> std::io::Result<(Arc<UplinkStats>, std::thread::JoinHandle<()>)> {
+    // A certificate that cannot be read fails the start, not every connect.
+    let transport = match &config.tls {
+        Some(tls) => Some(
+            tls.transport()
+                .map_err(|e| std::io::Error::other(format!("uplink {e}")))?,
+        ),
+        None => None,
+    };
     let stats = Arc::new(UplinkStats::default());
     let thread_stats = stats.clone();
     let handle = biota_drivers::spawn_on_own_runtime("uplink", move || {
@@ -105,6 +113,7 @@ pub fn start(
             acked_file: acked_path(&db),
             db,
             config,
+            transport,
             metrics,
             stats: thread_stats,
         };
@@ -115,6 +124,7 @@ pub fn start(
 
 struct Uplink {
     config: UplinkConfig,
+    transport: Option<rumqttc::Transport>,
     db: PathBuf,
     acked_file: PathBuf,
     metrics: Arc<Metrics>,
@@ -243,6 +253,9 @@ impl Uplink {
         options.set_max_packet_size(MAX_PAYLOAD * 2, MAX_PAYLOAD * 2);
         if let Some(user) = &self.config.username {
             options.set_credentials(user, self.config.password.as_deref().unwrap_or(""));
+        }
+        if let Some(transport) = &self.transport {
+            options.set_transport(transport.clone());
         }
         options
     }
@@ -522,6 +535,7 @@ mod tests {
         );
         Uplink {
             config: toml::from_str(&text).unwrap(),
+            transport: None,
             db: PathBuf::new(),
             acked_file: PathBuf::new(),
             metrics: Arc::default(),

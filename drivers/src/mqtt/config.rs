@@ -46,6 +46,9 @@ pub struct UpstreamConfig {
     /// 0 or 1. Default: 1.
     #[serde(default = "default_upstream_qos")]
     pub qos: u8,
+    /// TLS to the broker (`ca`, optionally `cert` and `key`). Default: plain.
+    #[serde(default)]
+    pub tls: Option<super::tls::ClientTls>,
     /// First reconnect delay, doubling up to `reconnect_max`. Default: `1s`.
     #[serde(
         default = "default_reconnect_min",
@@ -90,6 +93,9 @@ pub struct BrokerConfig {
     /// Most clients connected at once. Default: 1000.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// `[drivers.mqtt.broker.tls]`: a TLS listener too. Default: none.
+    #[serde(default)]
+    pub tls: Option<super::tls::ServerTls>,
     /// Username → password. When set, every client must log in. Default:
     /// none (anyone who can reach the listener may publish).
     #[serde(default)]
@@ -103,6 +109,7 @@ impl Default for BrokerConfig {
             listen: default_listen(),
             max_payload: default_max_payload(),
             max_connections: default_max_connections(),
+            tls: None,
             users: BTreeMap::new(),
         }
     }
@@ -191,6 +198,14 @@ impl MqttConfig {
                 format!("must be 1..=268435456 bytes, got {}", broker.max_payload),
             );
         }
+        if let Some(tls) = &broker.tls
+            && tls.listen == broker.listen
+        {
+            err(
+                format!("{path}.broker.tls.listen"),
+                "the TLS listener needs its own address (the plain one is listen)".into(),
+            );
+        }
         if broker.max_connections == 0 || broker.max_connections > 100_000 {
             err(
                 format!("{path}.broker.max_connections"),
@@ -208,6 +223,9 @@ impl MqttConfig {
                     format!("{key}.broker"),
                     format!("`{}` is not host:port", up.broker),
                 );
+            }
+            if let Some(Err(e)) = up.tls.as_ref().map(super::tls::ClientTls::validate) {
+                err(format!("{key}.tls"), e);
             }
             if up.qos > 1 {
                 err(

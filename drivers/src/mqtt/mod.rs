@@ -7,6 +7,7 @@
 //! - [`sparkplug`]: Sparkplug B topics, payloads and edge-node sessions.
 //! - [`simulator`]: simulated devices publishing over MQTT (the demo).
 //! - [`upstream`]: subscriptions to external brokers, same rules.
+//! - [`tls`]: the broker's TLS listener and the clients' TLS.
 //!
 //! The broker runs on its own thread (`mqtt-broker`, with rumqttd's own
 //! runtimes); the driver reads from it through an in-process link, no
@@ -20,6 +21,7 @@ pub mod config;
 pub mod decode;
 pub mod simulator;
 pub mod sparkplug;
+pub mod tls;
 pub mod topic;
 pub mod upstream;
 
@@ -55,6 +57,8 @@ pub enum MqttError {
     },
     #[error("the MQTT broker cannot start: {0}")]
     Broker(String),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Counters of the MQTT driver.
@@ -318,6 +322,8 @@ pub struct MqttDriver {
     sink: SampleSink,
     stats: Arc<MqttStats>,
     link: Option<(rumqttd::local::LinkTx, rumqttd::local::LinkRx)>,
+    /// The TLS listener, bound, with its configuration.
+    tls: Option<(std::net::TcpListener, Arc<rustls::ServerConfig>)>,
 }
 
 impl MqttDriver {
@@ -331,8 +337,30 @@ impl MqttDriver {
                 sink,
                 stats: Arc::default(),
                 link: None,
+                tls: None,
             });
         }
+        for up in &config.upstream {
+            if let Some(tls) = &up.tls {
+                tls.client_config()?;
+            }
+        }
+        // TLS first: a bad certificate fails the start before anything runs.
+        let tls = match &config.broker.tls {
+            Some(t) => {
+                let server = Arc::new(t.server_config()?);
+                let listener =
+                    std::net::TcpListener::bind(t.listen).map_err(|source| MqttError::Listen {
+                        address: t.listen,
+                        source,
+                    })?;
+                listener
+                    .set_nonblocking(true)
+                    .map_err(|e| MqttError::Broker(e.to_string()))?;
+                Some((listener, server))
+            }
+            None => None,
+        };
         let listen = config.broker.listen;
         // rumqttd reports a bind failure only in its log: check first.
         std::net::TcpListener::bind(listen).map_err(|source| MqttError::Listen {
@@ -358,12 +386,13 @@ impl MqttDriver {
             })
             .map_err(|e| MqttError::Broker(e.to_string()))?;
         wait_listening(&config)?;
-        tracing::info!(%listen, "MQTT broker listening");
+        tracing::info!(%listen, tls = ?config.broker.tls.as_ref().map(|t| t.listen), "MQTT broker listening");
         Ok(Self {
             config,
             sink,
             stats: Arc::default(),
             link: Some((tx, rx)),
+            tls,
         })
     }
 
@@ -384,6 +413,15 @@ impl MqttDriver {
                 self.sink.clone(),
                 shutdown.clone(),
             ));
+        }
+        if let Some((listener, server)) = self.tls.take() {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    let plain = loopback(self.config.broker.listen);
+                    tracker.spawn(tls::serve(listener, server, plain, shutdown.clone()));
+                }
+                Err(e) => tracing::error!(error = %e, "the MQTT TLS listener cannot run"),
+            }
         }
         tracker.close();
         self.embedded(shutdown).await;
@@ -450,13 +488,7 @@ impl MqttDriver {
 fn wait_listening(config: &MqttConfig) -> Result<(), MqttError> {
     use std::io::{Read, Write};
     let listen = config.broker.listen;
-    let mut probe = listen;
-    if probe.ip().is_unspecified() {
-        probe.set_ip(match listen {
-            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
-    }
+    let probe = loopback(listen);
     let connect = connect_packet("biota-gateway-probe", config.broker.users.iter().next());
     let attempt = || -> std::io::Result<()> {
         let mut stream = std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(200))?;
@@ -480,6 +512,19 @@ fn wait_listening(config: &MqttConfig) -> Result<(), MqttError> {
             Err(_) => std::thread::sleep(Duration::from_millis(5)),
         }
     }
+}
+
+/// The address to reach a listener from this host (a wildcard listener
+/// is reached on loopback).
+fn loopback(listen: std::net::SocketAddr) -> std::net::SocketAddr {
+    let mut local = listen;
+    if local.ip().is_unspecified() {
+        local.set_ip(match listen {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    local
 }
 
 /// An MQTT 3.1.1 CONNECT packet (clean session, keep-alive 10 s).

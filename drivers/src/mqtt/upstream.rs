@@ -41,6 +41,18 @@ pub async fn run(
     if let Some(user) = &config.username {
         options.set_credentials(user, config.password.as_deref().unwrap_or(""));
     }
+    if let Some(tls) = &config.tls {
+        match tls.transport() {
+            Ok(transport) => {
+                options.set_transport(transport);
+            }
+            Err(e) => {
+                // A certificate that cannot be read will not get better by retrying.
+                tracing::error!(broker = %config.broker, "upstream MQTT disabled: {e}");
+                return;
+            }
+        }
+    }
     let qos = if config.qos == 0 {
         QoS::AtMostOnce
     } else {
