@@ -219,3 +219,35 @@ def test_a_taken_port_fails_the_start_with_a_clear_error(gateway_bin, spawn, wri
         code = gw.wait_exit(timeout=30)
     assert code == 1
     assert f"cannot listen on 127.0.0.1:{port}" in gw.stderr()
+
+
+def test_users_and_the_connection_limit(gateway_bin, spawn, write_config, state_dir):
+    port = free_port()
+    text = gateway_config(port).replace(
+        "max_payload = 4096", 'max_payload = 4096\nmax_connections = 2\nusers = { dev = "s3cret" }'
+    )
+    gw = spawn(gateway_bin, write_config(text), state_dir)
+    gw.wait_ready(timeout=30)
+    db = state_dir / "gateway.db"
+    # No login, a wrong password: refused; the right one: stored.
+    assert pub(port, "plant/a-1/telemetry/x", "1").returncode != 0
+    assert pub(port, "plant/a-1/telemetry/x", "2", "-u", "dev", "-P", "nope").returncode != 0
+    assert pub(port, "plant/a-1/telemetry/x", "3", "-u", "dev", "-P", "s3cret").returncode == 0
+    assert wait_until(lambda: latest(gateway_bin, db, "a-1"), 10, "a-1")["x"]["value"] == 3
+
+    # Two clients may stay connected; a third is not served.
+    clients = []
+    for i in range(3):
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"limit-{i}")
+        c.username_pw_set("dev", "s3cret")
+        c.connect("127.0.0.1", port)
+        c.loop_start()
+        clients.append(c)
+    time.sleep(1)
+    connected = [c.is_connected() for c in clients]
+    for c in clients:
+        c.loop_stop()
+        c.disconnect()
+    assert connected.count(True) == 2, connected
+    assert gw.alive()
+    assert gw.stop() == 0

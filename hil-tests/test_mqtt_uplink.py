@@ -270,3 +270,28 @@ format = "plain"
         assert gw.stop() == 0
     finally:
         broker.stop()
+
+
+def test_the_data_budget_holds_the_uplink_back(gateway_bin, spawn, write_config, state_dir, tmp_path):
+    port = free_port()
+    broker = Mosquitto(tmp_path, port)
+    broker.start()
+    text = config(port).replace("batch = 40", 'batch = 40\nbudget_per_hour = "4KB"')
+    try:
+        gw = spawn(gateway_bin, write_config(text), state_dir)
+        gw.wait_ready(timeout=30)
+        status = wait_until(
+            lambda: (s := uplink_status(gateway_bin, state_dir)) and s.get("over_budget") and s,
+            20,
+            "the uplink stopping at its hourly budget",
+        )
+        # About 4 KB went out (a message may straddle the limit), then nothing more.
+        assert 0 < status["bytes"] <= 4000 + 20_000, status
+        sent = status["messages"]
+        time.sleep(2)
+        later = uplink_status(gateway_bin, state_dir)
+        assert later["messages"] == sent and later["backlog"] > status["backlog"], later
+        assert "data budget or rate limit reached" in gw.stderr()
+        assert gw.stop() == 0
+    finally:
+        broker.stop()

@@ -582,6 +582,37 @@ mod tests {
     }
 
     #[test]
+    fn readings_retention_took_before_they_were_sent_are_counted() {
+        use crate::config::StoreConfig;
+        use crate::store::StoreWriter;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("gateway.db");
+        let metrics = Arc::new(Metrics::new());
+        let mut writer =
+            StoreWriter::open(&db, &StoreConfig::default(), metrics.clone()).expect("writer");
+        let mut batch: Vec<Reading> = (0..100)
+            .map(|i| reading("d1", "t", 0, Value::I64(i)))
+            .collect();
+        writer.commit(&mut batch).expect("commit");
+        drop(writer);
+        // What retention does: the oldest readings go.
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute("DELETE FROM readings WHERE seq <= 30", [])
+            .unwrap();
+        let mut up = uplink("json", "t/{device}");
+        up.metrics = metrics;
+        let reader = StoreReader::open(&db).expect("reader");
+        // Acknowledged up to 10: 11..=30 were never sent and are gone.
+        let messages = up.next_messages(&reader, 10).expect("messages");
+        assert_eq!(up.stats.lost_to_retention.load(Relaxed), 20);
+        let first: serde_json::Value = serde_json::from_slice(&messages[0].payload).unwrap();
+        assert_eq!(first["readings"][0]["seq"], 31);
+        assert_eq!(messages.iter().map(|m| m.readings).sum::<usize>(), 70);
+        assert_eq!(messages.back().unwrap().last_seq, 100);
+    }
+
+    #[test]
     fn base64url_encodes_without_padding() {
         assert_eq!(base64url(b""), "");
         assert_eq!(base64url(&[1, 2, 3]), "AQID");
