@@ -90,6 +90,44 @@ pub struct SampleBatch {
     /// devices when they are only known at run time (MQTT topic
     /// captures); a profile bound to the device itself wins.
     pub profile: Option<Arc<str>>,
+    /// Tells the driver when these samples' readings are durably stored
+    /// (a CoAP confirmable request is answered only then). Default: none.
+    pub notice: Option<CommitNotice>,
+}
+
+/// What became of a batch the driver asked to hear about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// `stored` readings are committed (durable, with seq up to
+    /// `last_seq`); `dropped` samples were rejected or filtered.
+    Committed {
+        stored: usize,
+        dropped: usize,
+        last_seq: u64,
+    },
+    /// Not one sample could be stored (each rejection is counted by the
+    /// gateway with its reason).
+    NothingStored { dropped: usize },
+}
+
+/// A one-shot "your batch is stored" callback that travels with a batch
+/// through the normalizer to the store writer. Clonable so batches stay
+/// clonable; the first `fire` wins.
+#[derive(Debug, Clone)]
+pub struct CommitNotice(Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<CommitOutcome>>>>);
+
+impl CommitNotice {
+    pub fn new() -> (Self, tokio::sync::oneshot::Receiver<CommitOutcome>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Self(Arc::new(std::sync::Mutex::new(Some(tx)))), rx)
+    }
+
+    pub fn fire(&self, outcome: CommitOutcome) {
+        let sender = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(sender) = sender {
+            let _ = sender.send(outcome);
+        }
+    }
 }
 
 /// Something sent through a [`batch_channel`]: it knows how many items it holds.

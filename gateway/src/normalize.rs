@@ -444,6 +444,7 @@ points = [{{ name = "x", waveform = "sine" }}]
                 received_at: NOW,
                 samples,
                 profile: None,
+                notice: None,
             },
             &mut out,
         );
@@ -586,6 +587,7 @@ type = "bool"
                 received_at: NOW,
                 samples: vec![sample("press-1", "count", RawValue::I64(1), None)],
                 profile: None,
+                notice: None,
             },
             &mut out,
         );

@@ -20,18 +20,18 @@ use biota_drivers::modbus::ModbusDriver;
 use biota_drivers::mqtt::{MqttDriver, MqttError, MqttStats};
 use biota_drivers::stats::DeviceStats;
 use biota_drivers::{
-    BatchSender, SampleSink, SampleSource, batch_channel, sample_channel, sim::SimDriver,
+    BatchSender, CommitOutcome, SampleSink, SampleSource, batch_channel, sample_channel,
+    sim::SimDriver,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cdm::Reading;
 use crate::command::CommandBus;
 use crate::config::GatewayConfig;
 use crate::control::{ControlServer, StatusFn};
 use crate::metrics::Metrics;
 use crate::normalize::Normalizer;
-use crate::store::writer::WriterReport;
+use crate::store::writer::{ReadingBatch, WriterReport};
 use crate::store::{StoreError, StoreWriter, WriterHandle};
 use crate::uplink::{self, UplinkStats};
 
@@ -84,7 +84,7 @@ impl Gateway {
         shutdown: CancellationToken,
     ) -> Result<Self, StartError> {
         let capacity = config.pipeline.queue_capacity;
-        let (reading_tx, reading_rx) = batch_channel::<Vec<Reading>>(capacity);
+        let (reading_tx, reading_rx) = batch_channel::<ReadingBatch>(capacity);
         let (sample_tx, sample_rx) = sample_channel(capacity);
         let metrics = Arc::new(Metrics::with_queues(
             sample_rx.depth_gauge(),
@@ -155,6 +155,12 @@ impl Gateway {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// A sender into the pipeline, for in-process producers (tests, the
+    /// benchmark); `None` once shutdown began.
+    pub fn sample_sink(&self) -> Option<SampleSink> {
+        self.idle_sink.clone()
     }
 
     /// The command path into the devices (writes).
@@ -241,15 +247,26 @@ impl Gateway {
 async fn run_normalizer(
     mut normalizer: Normalizer,
     mut input: SampleSource,
-    output: BatchSender<Vec<Reading>>,
+    output: BatchSender<ReadingBatch>,
 ) {
-    while let Some(batch) = input.recv().await {
-        let mut readings = Vec::with_capacity(batch.samples.len());
+    while let Some(mut batch) = input.recv().await {
+        let samples = batch.samples.len();
+        let notice = batch.notice.take();
+        let mut readings = Vec::with_capacity(samples);
         normalizer.normalize(batch, &mut readings);
+        let dropped = samples - readings.len();
         if readings.is_empty() {
+            // Nothing to wait for: tell the driver now.
+            if let Some(notice) = notice {
+                notice.fire(CommitOutcome::NothingStored { dropped });
+            }
             continue;
         }
-        if output.send(readings).await.is_err() {
+        let batch = ReadingBatch {
+            readings,
+            notice: notice.map(|n| (n, dropped)),
+        };
+        if output.send(batch).await.is_err() {
             tracing::error!("the store writer stopped; the normalizer stops too");
             return;
         }

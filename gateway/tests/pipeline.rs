@@ -271,3 +271,79 @@ points = [{ name = "p", copies = 10, waveform = "counter", rate = 1000 }]
         during.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_hears_when_its_batch_is_durably_stored() {
+    use biota_drivers::{
+        CommitNotice, CommitOutcome, RawValue, Sample, SampleBatch, SampleQuality,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gateway.db");
+    let shutdown = CancellationToken::new();
+    let config = GatewayConfig::from_toml(
+        Path::new("notice.toml"),
+        "[store]\ncommit_max_delay = \"200ms\"\n",
+    )
+    .expect("valid");
+    let gateway = Gateway::start(&config, &db, shutdown.clone())
+        .await
+        .expect("start");
+    let sink = gateway.sample_sink().expect("a sink");
+    let sample = |device: &str, value: f64| Sample {
+        device: device.into(),
+        point: "t".into(),
+        value: RawValue::F64(value),
+        device_time: None,
+        quality: SampleQuality::Good,
+        unit: None,
+    };
+    let batch = |samples: Vec<Sample>, notice: CommitNotice| SampleBatch {
+        source: "coap://test".into(),
+        received_at: biota_drivers::now_ns(),
+        samples,
+        profile: None,
+        notice: Some(notice),
+    };
+
+    // Two good samples and one the normalizer rejects (an invalid device id).
+    let (notice, stored) = CommitNotice::new();
+    let sent_at = std::time::Instant::now();
+    sink.send(batch(
+        vec![sample("d1", 1.0), sample("d 1", 2.0), sample("d1", 3.0)],
+        notice,
+    ))
+    .await
+    .expect("sent");
+    let outcome = tokio::time::timeout(Duration::from_secs(5), stored)
+        .await
+        .expect("in time")
+        .expect("fired");
+    let CommitOutcome::Committed {
+        stored,
+        dropped,
+        last_seq,
+    } = outcome
+    else {
+        panic!("not committed: {outcome:?}")
+    };
+    assert_eq!((stored, dropped), (2, 1));
+    // Only after the group commit (200 ms), and the readings are there.
+    assert!(sent_at.elapsed() >= Duration::from_millis(150));
+    let (count, _, max) = count_and_max(&db);
+    assert_eq!(count, 2);
+    assert!(max as u64 <= last_seq);
+
+    // Nothing storable: answered at once, nothing written.
+    let (notice, outcome) = CommitNotice::new();
+    sink.send(batch(vec![sample("bad device", 1.0)], notice))
+        .await
+        .expect("sent");
+    let outcome = tokio::time::timeout(Duration::from_secs(5), outcome)
+        .await
+        .expect("in time")
+        .expect("fired");
+    assert_eq!(outcome, CommitOutcome::NothingStored { dropped: 1 });
+    shutdown.cancel();
+    drop(sink);
+    assert!(!gateway.stopped().await.timed_out);
+}

@@ -773,6 +773,7 @@ pub(crate) async fn send(
             received_at,
             samples,
             profile: None,
+            notice: None,
         };
         let sent = tokio::select! {
             biased;

@@ -278,6 +278,7 @@ impl Mapper {
             received_at,
             samples,
             profile,
+            notice: None,
         })
     }
 }
@@ -312,6 +313,7 @@ impl Mapper {
             received_at,
             samples,
             profile,
+            notice: None,
         })
     }
 }

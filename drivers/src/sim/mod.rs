@@ -193,6 +193,7 @@ impl SimDevice {
             received_at: now_ns(),
             samples,
             profile: None,
+            notice: None,
         };
         tokio::select! {
             biased;

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use biota_drivers::BatchReceiver;
+use biota_drivers::{BatchReceiver, CommitNotice, CommitOutcome};
 use rusqlite::Connection;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use tokio::time::Instant;
@@ -571,7 +571,7 @@ impl StoreWriter {
     /// Runs the writer on its own thread until `input` closes.
     pub fn spawn(
         self,
-        input: BatchReceiver<Vec<Reading>>,
+        input: BatchReceiver<ReadingBatch>,
         config: &StoreConfig,
     ) -> std::io::Result<WriterHandle> {
         let max_readings = config.commit_max_readings;
@@ -605,7 +605,7 @@ impl StoreWriter {
 
     async fn run(
         mut self,
-        mut input: BatchReceiver<Vec<Reading>>,
+        mut input: BatchReceiver<ReadingBatch>,
         max_readings: usize,
         max_delay: Duration,
         retention_interval: Duration,
@@ -617,6 +617,8 @@ impl StoreWriter {
                 .store(metrics.uptime_ms(), Relaxed)
         };
         let mut buffer: Vec<Reading> = Vec::with_capacity(max_readings.min(65_536));
+        // Drivers waiting to hear that their readings in `buffer` are stored.
+        let mut notices: Vec<(CommitNotice, usize, usize)> = Vec::new();
         let mut oldest: Option<Instant> = None;
         let mut closed = false;
         let mut retry_delay = Duration::from_millis(100);
@@ -634,6 +636,14 @@ impl StoreWriter {
                     Ok(()) => {
                         committed += buffer.len() as u64;
                         buffer.clear();
+                        let last_seq = self.next_seq - 1;
+                        for (notice, stored, dropped) in notices.drain(..) {
+                            notice.fire(CommitOutcome::Committed {
+                                stored,
+                                dropped,
+                                last_seq,
+                            });
+                        }
                         oldest = None;
                         retry_delay = Duration::from_millis(100);
                         metrics.writer_pending.store(0, Relaxed);
@@ -681,7 +691,7 @@ impl StoreWriter {
                 while buffer.len() < max_readings {
                     let Some(batch) = input.try_recv() else { break };
                     oldest.get_or_insert_with(Instant::now);
-                    buffer.extend(batch);
+                    take(&mut buffer, &mut notices, batch);
                 }
                 metrics.writer_pending.store(buffer.len() as u64, Relaxed);
                 heartbeat();
@@ -692,11 +702,11 @@ impl StoreWriter {
                 batch = input.recv() => match batch {
                     Some(batch) => {
                         oldest.get_or_insert_with(Instant::now);
-                        buffer.extend(batch);
+                        take(&mut buffer, &mut notices, batch);
                         // Take what else is already queued, up to a commit's worth.
                         while buffer.len() < max_readings {
                             match input.try_recv() {
-                                Some(more) => buffer.extend(more),
+                                Some(more) => take(&mut buffer, &mut notices, more),
                                 None => break,
                             }
                         }
@@ -714,6 +724,32 @@ impl StoreWriter {
             next_seq: self.next_seq,
             lost: buffer.len() as u64,
         }
+    }
+}
+
+/// Adds a batch to the commit being gathered.
+fn take(
+    buffer: &mut Vec<Reading>,
+    notices: &mut Vec<(CommitNotice, usize, usize)>,
+    batch: ReadingBatch,
+) {
+    if let Some((notice, dropped)) = batch.notice {
+        notices.push((notice, batch.readings.len(), dropped));
+    }
+    buffer.extend(batch.readings);
+}
+
+/// Readings for the writer, with the notice of the driver batch they came
+/// from (and how many of its samples were dropped), if it asked for one.
+#[derive(Debug, Default)]
+pub struct ReadingBatch {
+    pub readings: Vec<Reading>,
+    pub notice: Option<(CommitNotice, usize)>,
+}
+
+impl biota_drivers::Batch for ReadingBatch {
+    fn items(&self) -> usize {
+        self.readings.len()
     }
 }
 
