@@ -13,6 +13,8 @@
 //! *Architecture invariant:* this crate never depends on `biota-gateway`
 //! or `biota-node`.
 
+pub mod base64url;
+pub mod coap;
 pub mod command;
 pub mod duration;
 pub mod modbus;
@@ -249,6 +251,9 @@ pub struct DriversConfig {
     /// The MQTT broker and topic rules (`[mqtt]`). Default: none.
     #[serde(default)]
     pub mqtt: Option<mqtt::MqttConfig>,
+    /// The CoAP server (`[coap]`). Default: none.
+    #[serde(default)]
+    pub coap: Option<coap::CoapConfig>,
 }
 
 /// A device a driver will produce samples for, with the profile its
@@ -284,6 +289,9 @@ impl DriversConfig {
         if let Some(mqtt) = &self.mqtt {
             mqtt.validate(&key_path(prefix, "mqtt"), &mut errors);
         }
+        if let Some(coap) = &self.coap {
+            coap.validate(&key_path(prefix, "coap"), &mut errors);
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -303,17 +311,50 @@ impl DriversConfig {
         if let Some(mqtt) = &self.mqtt {
             out.extend(mqtt.devices(&key_path(prefix, "mqtt")));
         }
+        if let Some(coap) = &self.coap {
+            out.extend(coap.devices(&key_path(prefix, "coap")));
+        }
         out
     }
 
-    /// Profiles named for devices only known at run time (MQTT rules),
+    /// Profiles named for devices only known at run time (MQTT rules, CoAP resources),
     /// with their key paths, so the gateway can check they exist.
     pub fn dynamic_profiles(&self, prefix: &str) -> Vec<(String, String)> {
-        self.mqtt
+        let mut out = self
+            .mqtt
             .as_ref()
             .map(|m| m.profiles(&key_path(prefix, "mqtt")))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if let Some(coap) = &self.coap {
+            out.extend(coap.profiles(&key_path(prefix, "coap")));
+        }
+        out
     }
+}
+
+/// For entries (MQTT rules, CoAP resources) that may fix a device and
+/// name a profile: the bindings of the fixed devices, and the profiles of
+/// the entries whose devices are only known at run time, each with its
+/// key path `path.list[i]`.
+pub(crate) fn entry_bindings<'a>(
+    path: &str,
+    list: &str,
+    entries: impl Iterator<Item = (Option<&'a String>, Option<&'a String>)>,
+) -> (Vec<DeviceBinding>, Vec<(String, String)>) {
+    let mut devices = Vec::new();
+    let mut profiles = Vec::new();
+    for (i, (device, profile)) in entries.enumerate() {
+        let key_path = format!("{path}.{list}[{i}]");
+        match device {
+            Some(device) => devices.push(DeviceBinding {
+                device: device.clone(),
+                profile: profile.cloned(),
+                key_path,
+            }),
+            None => profiles.extend(profile.map(|p| (key_path, p.clone()))),
+        }
+    }
+    (devices, profiles)
 }
 
 /// `prefix.name`, or `name` at the top level.

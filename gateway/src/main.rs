@@ -205,6 +205,9 @@ fn start_failed(e: &StartError, db_path: &Path) -> ExitCode {
     tracing::error!(path = %db_path.display(), "cannot start: {e}");
     match e {
         StartError::Store(_) => ExitCode::from(EXIT_STORE as u8),
-        StartError::Thread(_) | StartError::Mqtt(_) | StartError::Uplink(_) => ExitCode::FAILURE,
+        StartError::Thread(_)
+        | StartError::Mqtt(_)
+        | StartError::Coap(_)
+        | StartError::Uplink(_) => ExitCode::FAILURE,
     }
 }

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
+use biota_drivers::coap::{CoapDriver, CoapError, CoapStats};
 use biota_drivers::modbus::ModbusDriver;
 use biota_drivers::mqtt::{MqttDriver, MqttError, MqttStats};
 use biota_drivers::stats::DeviceStats;
@@ -44,6 +45,8 @@ pub enum StartError {
     Thread(#[source] std::io::Error),
     #[error(transparent)]
     Mqtt(#[from] MqttError),
+    #[error(transparent)]
+    Coap(#[from] CoapError),
     #[error("cannot start the uplink: {0}")]
     Uplink(#[source] std::io::Error),
 }
@@ -63,6 +66,7 @@ pub struct Gateway {
     /// Transaction counters of every device whose driver keeps them.
     device_stats: Arc<[Arc<DeviceStats>]>,
     mqtt_stats: Option<Arc<MqttStats>>,
+    coap_stats: Option<Arc<CoapStats>>,
     uplink: Option<(Arc<UplinkStats>, std::thread::JoinHandle<()>)>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -96,6 +100,10 @@ impl Gateway {
             Some(mqtt) => Some(MqttDriver::start(mqtt, sample_tx.clone())?),
             None => None,
         };
+        let coap = match config.drivers.coap.clone() {
+            Some(coap) => Some(CoapDriver::start(coap, sample_tx.clone())?),
+            None => None,
+        };
         let writer = {
             let (path, store, metrics) =
                 (db_path.to_owned(), config.store.clone(), metrics.clone());
@@ -127,6 +135,10 @@ impl Gateway {
             tasks.spawn(driver.run(shutdown.clone()));
         }
         let mqtt_stats = mqtt.as_ref().map(MqttDriver::stats);
+        let coap_stats = coap.as_ref().map(CoapDriver::stats);
+        if let Some(driver) = coap {
+            tasks.spawn(driver.run(shutdown.clone()));
+        }
         let uplink = match config.uplink.clone() {
             Some(up) => Some(
                 uplink::start(up, db_path.to_owned(), metrics.clone(), shutdown.clone())
@@ -144,6 +156,7 @@ impl Gateway {
             commands,
             device_stats: device_stats.into(),
             mqtt_stats,
+            coap_stats,
             uplink,
             shutdown,
             tasks,
@@ -180,12 +193,16 @@ impl Gateway {
         let stats = self.device_stats.clone();
         let mqtt = self.mqtt_stats.clone();
         let uplink = self.uplink.as_ref().map(|(s, _)| s.clone());
+        let coap = self.coap_stats.clone();
         let metrics = self.metrics.clone();
         let status: StatusFn = Arc::new(move || {
             let devices: Vec<_> = stats.iter().map(|s| s.snapshot()).collect();
             let mut status = serde_json::json!({ "devices": devices });
             if let Some(m) = &mqtt {
                 status["mqtt"] = m.to_json();
+            }
+            if let Some(c) = &coap {
+                status["coap"] = c.to_json();
             }
             if let Some(u) = &uplink {
                 status["uplink"] = u.to_json(metrics.last_seq.load(Relaxed));

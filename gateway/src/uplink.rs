@@ -461,7 +461,9 @@ impl Uplink {
                         Value::I64(i) => record["v"] = json!(i),
                         Value::F64(f) => record["v"] = json!(f),
                         Value::Text(t) => record["vs"] = json!(t),
-                        Value::Bytes(b) => record["vd"] = json!(base64url(b)),
+                        Value::Bytes(b) => {
+                            record["vd"] = json!(biota_drivers::base64url::encode(b))
+                        }
                     }
                     if let Some(u) = &r.unit {
                         record["u"] = json!(&**u);
@@ -481,21 +483,6 @@ async fn sleep_or_stop(delay: Duration, shutdown: &CancellationToken) -> bool {
         () = shutdown.cancelled() => true,
         () = tokio::time::sleep(delay) => false,
     }
-}
-
-fn base64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, b)| acc | u32::from(*b) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -610,13 +597,5 @@ mod tests {
         assert_eq!(first["readings"][0]["seq"], 31);
         assert_eq!(messages.iter().map(|m| m.readings).sum::<usize>(), 70);
         assert_eq!(messages.back().unwrap().last_seq, 100);
-    }
-
-    #[test]
-    fn base64url_encodes_without_padding() {
-        assert_eq!(base64url(b""), "");
-        assert_eq!(base64url(&[1, 2, 3]), "AQID");
-        assert_eq!(base64url(b"hi"), "aGk");
-        assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
     }
 }

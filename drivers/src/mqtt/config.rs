@@ -335,31 +335,22 @@ impl MqttConfig {
         }
     }
 
-    /// Devices the rules name (fixed ones; captured ones are only known
-    /// when they publish).
-    pub(crate) fn devices(&self, path: &str) -> Vec<DeviceBinding> {
-        self.rules
+    fn bindings(&self, path: &str) -> (Vec<DeviceBinding>, Vec<(String, String)>) {
+        let entries = self
+            .rules
             .iter()
-            .enumerate()
-            .filter_map(|(i, rule)| {
-                Some(DeviceBinding {
-                    device: rule.device.clone()?,
-                    profile: rule.profile.clone(),
-                    key_path: format!("{path}.rules[{i}]"),
-                })
-            })
-            .collect()
+            .map(|r| (r.device.as_ref(), r.profile.as_ref()));
+        crate::entry_bindings(path, "rules", entries)
     }
 
-    /// Profiles of the rules whose devices come from topics or payloads
-    /// (a fixed device's profile is in [`Self::devices`]), with key paths.
+    /// Devices the rules fix (captured ones are only known when they publish).
+    pub(crate) fn devices(&self, path: &str) -> Vec<DeviceBinding> {
+        self.bindings(path).0
+    }
+
+    /// Profiles of the rules whose devices come from topics or payloads.
     pub(crate) fn profiles(&self, path: &str) -> Vec<(String, String)> {
-        self.rules
-            .iter()
-            .enumerate()
-            .filter(|(_, rule)| rule.device.is_none())
-            .filter_map(|(i, rule)| Some((format!("{path}.rules[{i}]"), rule.profile.clone()?)))
-            .collect()
+        self.bindings(path).1
     }
 }
 

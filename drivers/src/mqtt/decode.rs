@@ -225,6 +225,12 @@ const SENML_RELATIVE: f64 = 268_435_456.0;
 pub fn senml(payload: &[u8], now: i64) -> Result<(Vec<Decoded>, Vec<DecodeError>), DecodeError> {
     let doc: Json = serde_json::from_slice(payload)
         .map_err(|e| DecodeError::new("malformed_json", e.to_string()))?;
+    senml_pack(doc, now)
+}
+
+/// A SenML pack already parsed (from JSON, or from CBOR with its labels
+/// turned into the JSON names).
+pub fn senml_pack(doc: Json, now: i64) -> Result<(Vec<Decoded>, Vec<DecodeError>), DecodeError> {
     let Json::Array(records) = doc else {
         return Err(DecodeError::new(
             "malformed_senml",
@@ -278,7 +284,7 @@ pub fn senml(payload: &[u8], now: i64) -> Result<(Vec<Decoded>, Vec<DecodeError>
         } else if let Some(vs) = text("vs") {
             RawValue::Text(vs.to_owned())
         } else if let Some(vd) = text("vd") {
-            match base64url(vd) {
+            match crate::base64url::decode(vd) {
                 Some(bytes) => RawValue::Bytes(bytes),
                 None => {
                     errors.push(DecodeError::new(
@@ -330,30 +336,6 @@ pub fn senml(payload: &[u8], now: i64) -> Result<(Vec<Decoded>, Vec<DecodeError>
         });
     }
     Ok((values, errors))
-}
-
-/// RFC 4648 base64url, with or without padding.
-fn base64url(text: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let mut acc: u32 = 0;
-    let mut bits = 0;
-    for c in text.trim_end_matches('=').bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' | b'+' => 62,
-            b'_' | b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Some(out)
 }
 
 #[cfg(test)]

@@ -143,12 +143,15 @@ pub fn devices(args: &DevicesArgs) -> anyhow::Result<ExitCode> {
         ("W.FAIL", "write_errors"),
         ("RTT_US", "latency_us"),
     ];
-    print!("{:<20} {:<8}", "DEVICE", "STATE");
-    for (heading, _) in columns {
-        print!(" {heading:>9}");
+    let list = list.as_array().map(Vec::as_slice).unwrap_or_default();
+    if !list.is_empty() {
+        print!("{:<20} {:<8}", "DEVICE", "STATE");
+        for (heading, _) in columns {
+            print!(" {heading:>9}");
+        }
+        println!("  SOURCE");
     }
-    println!("  SOURCE");
-    for d in list.as_array().into_iter().flatten() {
+    for d in list {
         print!(
             "{:<20} {:<8}",
             d["device"].as_str().unwrap_or("?"),
@@ -179,6 +182,17 @@ pub fn devices(args: &DevicesArgs) -> anyhow::Result<ExitCode> {
             } else {
                 ""
             }
+        );
+    }
+    let coap = &answer["coap"];
+    if coap.is_object() {
+        println!(
+            "\nCoAP: {} datagrams, {} requests stored ({} readings), {} duplicates answered from the cache, rejected {}",
+            coap["datagrams"],
+            coap["stored"],
+            coap["readings"],
+            coap["duplicates"],
+            coap["rejected"]
         );
     }
     let mqtt = &answer["mqtt"];

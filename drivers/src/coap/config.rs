@@ -1,0 +1,165 @@
+//! Configuration of the CoAP server: where it listens, which resource
+//! paths take readings, and its limits.
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+use crate::mqtt::topic::TopicPattern;
+use crate::{ConfigError, DeviceBinding};
+
+/// `[drivers.coap]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoapConfig {
+    /// UDP addresses (IPv4 and IPv6). Default: `["127.0.0.1:5683"]`.
+    #[serde(default = "default_listen")]
+    pub listen: Vec<SocketAddr>,
+    /// `[[drivers.coap.resources]]`: paths devices POST or PUT readings
+    /// to. Default: one, `/v1/devices/{device}`.
+    #[serde(default = "default_resources")]
+    pub resources: Vec<ResourceConfig>,
+    /// Largest payload of a request, after Block1 assembly, in bytes.
+    /// Default: 65536.
+    #[serde(default = "default_max_payload")]
+    pub max_payload: usize,
+    /// Most records in one pack. Default: 10000.
+    #[serde(default = "default_max_records")]
+    pub max_records: usize,
+    /// Requests per second one endpoint (IP address) may send; more are
+    /// answered 5.03 with Max-Age. Default: 1000.
+    #[serde(default = "default_rate_limit")]
+    pub rate_limit: f64,
+    /// Exchanges remembered for deduplication (RFC 7252 §4.5), each for
+    /// EXCHANGE_LIFETIME (247 s). Default: 10000.
+    #[serde(default = "default_dedup_entries")]
+    pub dedup_entries: usize,
+}
+
+/// One resource path.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceConfig {
+    /// Path with captures: `/v1/devices/{device}`, `/v1/devices/{device}/{point}`.
+    pub path: String,
+    /// The device, when the path does not capture `{device}` (and a SenML
+    /// pack's base name does not name it).
+    #[serde(default)]
+    pub device: Option<String>,
+    /// The point of a text/plain payload, when the path does not capture `{point}`.
+    #[serde(default)]
+    pub point: Option<String>,
+    /// The profile for this resource's devices.
+    #[serde(default)]
+    pub profile: Option<String>,
+}
+
+impl ResourceConfig {
+    /// The path as a pattern over its segments.
+    pub(crate) fn pattern(&self) -> Result<TopicPattern, String> {
+        let path = self
+            .path
+            .strip_prefix('/')
+            .ok_or_else(|| format!("`{}` does not start with /", self.path))?;
+        TopicPattern::parse(path).map_err(|e| e.0)
+    }
+}
+
+fn default_listen() -> Vec<SocketAddr> {
+    vec![SocketAddr::from(([127, 0, 0, 1], 5683))]
+}
+fn default_resources() -> Vec<ResourceConfig> {
+    vec![ResourceConfig {
+        path: "/v1/devices/{device}".into(),
+        device: None,
+        point: None,
+        profile: None,
+    }]
+}
+fn default_max_payload() -> usize {
+    64 * 1024
+}
+fn default_max_records() -> usize {
+    10_000
+}
+fn default_rate_limit() -> f64 {
+    1000.0
+}
+fn default_dedup_entries() -> usize {
+    10_000
+}
+
+impl CoapConfig {
+    pub(crate) fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
+        let mut err =
+            |key_path: String, reason: String| errors.push(ConfigError { key_path, reason });
+        if self.listen.is_empty() {
+            err(format!("{path}.listen"), "at least one address".into());
+        }
+        if !(64..=16 * 1024 * 1024).contains(&self.max_payload) {
+            err(
+                format!("{path}.max_payload"),
+                format!("must be 64..=16777216 bytes, got {}", self.max_payload),
+            );
+        }
+        if self.max_records == 0 {
+            err(format!("{path}.max_records"), "must be at least 1".into());
+        }
+        if !self.rate_limit.is_finite() || self.rate_limit <= 0.0 {
+            err(
+                format!("{path}.rate_limit"),
+                format!("must be positive, got {}", self.rate_limit),
+            );
+        }
+        if !(16..=10_000_000).contains(&self.dedup_entries) {
+            err(
+                format!("{path}.dedup_entries"),
+                format!("must be 16..=10000000, got {}", self.dedup_entries),
+            );
+        }
+        for (i, r) in self.resources.iter().enumerate() {
+            let key = format!("{path}.resources[{i}]");
+            match r.pattern() {
+                Err(e) => err(format!("{key}.path"), e),
+                Ok(p) => {
+                    if p.captures("device") && r.device.is_some() {
+                        err(
+                            format!("{key}.device"),
+                            "the path captures {device}; a fixed device would contradict it".into(),
+                        );
+                    }
+                    if p.captures("point") && r.point.is_some() {
+                        err(
+                            format!("{key}.point"),
+                            "the path captures {point}; a fixed point would contradict it".into(),
+                        );
+                    }
+                    if r.path.contains(['+', '#']) {
+                        err(
+                            format!("{key}.path"),
+                            "a path has segments and {captures}, no MQTT wildcards".into(),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn bindings(&self, path: &str) -> (Vec<DeviceBinding>, Vec<(String, String)>) {
+        let entries = self
+            .resources
+            .iter()
+            .map(|r| (r.device.as_ref(), r.profile.as_ref()));
+        crate::entry_bindings(path, "resources", entries)
+    }
+
+    /// Devices the resources fix.
+    pub(crate) fn devices(&self, path: &str) -> Vec<DeviceBinding> {
+        self.bindings(path).0
+    }
+
+    /// Profiles of resources whose devices are known at run time.
+    pub(crate) fn profiles(&self, path: &str) -> Vec<(String, String)> {
+        self.bindings(path).1
+    }
+}
