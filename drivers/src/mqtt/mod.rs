@@ -454,12 +454,27 @@ impl MqttDriver {
             let mut pending: Vec<SampleBatch> = Vec::new();
             let mut queued = 0;
             loop {
-                if let Some(rumqttd::Notification::Forward(forward)) = notification {
-                    let topic = String::from_utf8_lossy(&forward.publish.topic);
-                    if let Some(batch) = mapper.map(&topic, &forward.publish.payload, received_at) {
-                        queued += batch.samples.len();
-                        pending.push(batch);
+                match notification {
+                    Some(rumqttd::Notification::Forward(forward)) => {
+                        let topic = String::from_utf8_lossy(&forward.publish.topic);
+                        if let Some(batch) =
+                            mapper.map(&topic, &forward.publish.payload, received_at)
+                        {
+                            queued += batch.samples.len();
+                            pending.push(batch);
+                        }
                     }
+                    // The router stops forwarding to a link whose buffer
+                    // filled up (200 notifications, e.g. after a burst)
+                    // until the link says it is ready again: without this,
+                    // ingest would stall for good.
+                    Some(rumqttd::Notification::Unschedule) => {
+                        if let Err(e) = rx.wake().await {
+                            tracing::error!(error = %e, "the MQTT broker's link closed; MQTT ingest stops");
+                            return;
+                        }
+                    }
+                    _ => {}
                 }
                 if queued >= MAX_BATCH {
                     break;
@@ -598,5 +613,56 @@ fn broker_config(config: &MqttConfig) -> rumqttd::Config {
         },
         v4: Some([("v4".to_owned(), server)].into_iter().collect()),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A burst larger than the router's buffer for the driver's link
+    /// (200 notifications) makes the router unschedule the link; the
+    /// driver must wake it, or ingest stops after ~200 messages.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_beyond_the_link_buffer_is_all_ingested() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let config: MqttConfig = toml::from_str(&format!(
+            "[broker]\nlisten = \"127.0.0.1:{port}\"\n[[rules]]\ntopic = \"t/{{device}}/{{point}}\"\nformat = \"plain\"\n"
+        ))
+        .expect("parses");
+        let (sink, mut source) = crate::sample_channel(4096);
+        let driver = MqttDriver::start(config, sink).expect("starts");
+        let shutdown = CancellationToken::new();
+        tokio::spawn(driver.run(shutdown.clone()));
+
+        let mut options = rumqttc::MqttOptions::new("burst", "127.0.0.1", port);
+        options.set_inflight(1000);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 4096);
+        tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+        const N: usize = 5000;
+        for i in 0..N {
+            client
+                .publish(
+                    format!("t/d{}/p", i % 10),
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    "1",
+                )
+                .await
+                .expect("queued");
+        }
+        let mut got = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while got < N {
+            match tokio::time::timeout_at(deadline, source.recv()).await {
+                Ok(Some(batch)) => got += batch.samples.len(),
+                _ => break,
+            }
+        }
+        shutdown.cancel();
+        assert_eq!(got, N, "samples ingested of a burst of {N} messages");
     }
 }

@@ -77,6 +77,19 @@ enum Bench {
         #[arg(long, default_value_t = 100)]
         registers: u16,
     },
+    /// MQTT: Mosquitto forwarding vs the gateway's embedded broker storing
+    /// durably, single values and SenML packs, with publish-to-commit latency.
+    Mqtt {
+        /// Single-value messages per run (A: Mosquitto, B: the gateway).
+        #[arg(long, default_value_t = 2_000_000)]
+        messages: u64,
+        /// SenML packs of 100 records.
+        #[arg(long, default_value_t = 30_000)]
+        packs: u64,
+        /// Publishing client connections of the load generator.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+    },
     /// All of the above with their default settings.
     All,
 }
@@ -113,11 +126,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             units,
             registers,
         } => modbus(&dir, &duration, units, registers).await?,
+        Bench::Mqtt {
+            messages,
+            packs,
+            connections,
+        } => super::bench_mqtt::mqtt(&dir, messages, packs, connections).await?,
         Bench::All => {
             query(&dir, 10_000)?;
             memory(&dir, "30s", 10_000, 1000).await?;
             ingest(&dir, "60s", 1000, "full", 64).await?;
             modbus(&dir, "30s", 100, 100).await?;
+            super::bench_mqtt::mqtt(&dir, 2_000_000, 30_000, 4).await?;
             ready(&dir, "1GiB")?;
         }
     }

@@ -3,6 +3,7 @@
 //! `demo` (live terminal view) and `bench` (the benchmark command).
 
 pub mod bench;
+mod bench_mqtt;
 pub mod control;
 pub mod demo;
 pub mod query;
