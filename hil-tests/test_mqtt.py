@@ -119,6 +119,7 @@ def test_every_payload_format_from_mosquitto_pub_and_paho(gateway_bin, gateway, 
     for topic, payload in [
         ("line/press-7/pack", json.dumps(pack)),
         ("plant/pump-2/telemetry/speed", "990"),
+        ("plant/meter-4/json", json.dumps({"ts": T0_MS + 1, "power": 1500})),
     ]:
         info = client.publish(topic, payload, qos=1)
         info.wait_for_publish(timeout=10)
@@ -162,9 +163,11 @@ def test_every_payload_format_from_mosquitto_pub_and_paho(gateway_bin, gateway, 
     assert press["force"]["value"] == 812.25 and press["force"]["unit"] == "kN"
     assert press["strokes"]["value"] == 1042.0
     assert wait_until(lambda: latest(gateway_bin, db, "pump-2"), 10, "pump-2")["speed"]["value"] == 990
+    meter4 = wait_until(lambda: latest(gateway_bin, db, "meter-4"), 10, "meter-4 (JSON from paho)")
+    assert meter4["power"]["value"] == 1.5 and meter4["power"]["ts"] == (T0_MS + 1) * 1_000_000
 
     mq = status(gateway_bin, state_dir)["mqtt"]
-    assert mq["messages"] == 9 and mq["unmatched"] == 0 and mq["rejected"] == [], mq
+    assert mq["messages"] == 10 and mq["unmatched"] == 0 and mq["rejected"] == [], mq
 
 
 def test_bad_input_is_counted_and_nothing_stops(gateway_bin, gateway, state_dir):
