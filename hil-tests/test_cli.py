@@ -123,6 +123,9 @@ def test_demo_runs_and_summarizes(gateway_bin, tmp_path):
     assert {("energy", "kWh"), ("power", "kW")} <= set(meter), f"no MQTT meter readings:\n{out}"
     env = re.findall(r"^env-1\s+(\S+)\s.*\s(Cel|%RH)\s+good\s+\d+\s+mqtt://", example, re.M)
     assert {("temperature", "Cel"), ("humidity", "%RH")} <= set(env), f"no SenML readings:\n{out}"
+    # A CoAP sensor posts confirmable SenML packs, acknowledged after commit.
+    coap = re.findall(r"^coap-1\s+(\S+)\s.*\s(Cel|V)\s+good\s+\d+\s+coap://127\.0\.0\.1/v1/devices/coap-1$", example, re.M)
+    assert {("temperature", "Cel"), ("battery", "V")} <= set(coap), f"no CoAP readings:\n{out}"
 
     db = state / "gateway.db"
     stats = assert_gapless(db)

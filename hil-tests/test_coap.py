@@ -214,3 +214,52 @@ def test_malformed_datagrams_are_rejected_and_the_server_goes_on(gateway_bin, sp
     assert status["rejected"].get("malformed", 0) >= 9, status
     assert gw.alive()
     assert gw.stop() == 0
+
+
+OBSERVABLE = Path(__file__).parent / "peers" / "coap_observable.py"
+
+
+def start_device(port: int, start: float) -> subprocess.Popen:
+    import sys
+
+    proc = subprocess.Popen([sys.executable, str(OBSERVABLE), str(port), str(start)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout.readline().strip() == "listening", "the aiocoap device did not start"
+    return proc
+
+
+def test_the_gateway_observes_a_device_and_re_registers_after_it_restarts(
+    gateway_bin, spawn, write_config, state_dir
+):
+    device_port = free_udp_port()
+    device = start_device(device_port, 100.0)
+    extra = f"""
+[[drivers.coap.observe]]
+address = "127.0.0.1:{device_port}"
+path = "/sensors/temp"
+device = "boiler-2"
+point = "temp"
+grace = "1s"
+retry = "1s"
+"""
+    try:
+        gw = spawn(gateway_bin, write_config(config(free_udp_port(), extra)), state_dir)
+        gw.wait_ready(timeout=30)
+        db = state_dir / "gateway.db"
+        # Notifications flow: several values, each newer than the last.
+        wait_until(lambda: db.exists() and count(gateway_bin, db, "boiler-2", "temp") >= 4, 15,
+                   "notifications from the observed resource")
+        row = latest(gateway_bin, db, "boiler-2")["temp"]
+        assert 100.0 <= row["value"] < 200 and row["source"] == f"coap://127.0.0.1:{device_port}/sensors/temp"
+
+        # The device restarts and forgets its observers: the gateway notices
+        # the silence (Max-Age 2 s + grace 1 s) and registers again.
+        device.kill()
+        device.wait(timeout=10)
+        device = start_device(device_port, 500.0)
+        wait_until(lambda: latest(gateway_bin, db, "boiler-2")["temp"]["value"] >= 500, 20,
+                   "notifications again after the device restarted")
+        assert coap_status(gateway_bin, state_dir)["notifications"] >= 5
+        assert gw.stop() == 0
+    finally:
+        device.kill()

@@ -203,6 +203,22 @@ pub fn sample_channel(capacity: usize) -> (SampleSink, SampleSource) {
 }
 
 impl<T: Batch> BatchSender<T> {
+    /// Sends a batch unless `shutdown` comes first: false if the gateway
+    /// stops or the pipeline is gone. A batch not yet accepted when
+    /// shutdown comes was never ingested, so dropping it loses nothing
+    /// accepted.
+    pub async fn send_unless(
+        &self,
+        batch: T,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> bool {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => false,
+            sent = self.send(batch) => sent.is_ok(),
+        }
+    }
+
     /// Sends a batch, waiting while the channel is full (backpressure).
     /// Cancel-safe: a send dropped while waiting leaves no trace.
     pub async fn send(&self, batch: T) -> Result<(), SinkClosed> {

@@ -34,6 +34,10 @@ pub struct CoapConfig {
     /// EXCHANGE_LIFETIME (247 s). Default: 10000.
     #[serde(default = "default_dedup_entries")]
     pub dedup_entries: usize,
+    /// `[[drivers.coap.observe]]`: device resources the gateway observes
+    /// (RFC 7641). Default: none.
+    #[serde(default)]
+    pub observe: Vec<super::observe::ObserveConfig>,
 }
 
 /// One resource path.
@@ -117,6 +121,22 @@ impl CoapConfig {
                 format!("must be 16..=10000000, got {}", self.dedup_entries),
             );
         }
+        for (i, o) in self.observe.iter().enumerate() {
+            let key = format!("{path}.observe[{i}]");
+            if !o.path.starts_with('/') {
+                err(
+                    format!("{key}.path"),
+                    format!("`{}` does not start with /", o.path),
+                );
+            }
+            if let Err(e) = crate::mqtt::topic::TopicPattern::parse(o.path.trim_start_matches('/'))
+            {
+                err(format!("{key}.path"), e.0);
+            }
+            if o.retry.is_zero() {
+                err(format!("{key}.retry"), "must be positive".into());
+            }
+        }
         for (i, r) in self.resources.iter().enumerate() {
             let key = format!("{path}.resources[{i}]");
             match r.pattern() {
@@ -150,7 +170,13 @@ impl CoapConfig {
             .resources
             .iter()
             .map(|r| (r.device.as_ref(), r.profile.as_ref()));
-        crate::entry_bindings(path, "resources", entries)
+        let (mut devices, profiles) = crate::entry_bindings(path, "resources", entries);
+        let observed = self
+            .observe
+            .iter()
+            .map(|o| (Some(&o.device), o.profile.as_ref()));
+        devices.extend(crate::entry_bindings(path, "observe", observed).0);
+        (devices, profiles)
     }
 
     /// Devices the resources fix.

@@ -4,6 +4,9 @@
 //!
 //! - [`config`]: listeners, resource paths, limits.
 //! - [`cbor`]: SenML CBOR packs.
+//! - [`observe`]: the Observe client (RFC 7641) for devices serving
+//!   their own resources.
+//! - [`simulator`]: a simulated sensor posting packs (the demo).
 //!
 //! **Durable acknowledgement.** A request's readings go into the pipeline
 //! with a [`crate::CommitNotice`]; the answer (2.04 Changed) is sent only
@@ -31,6 +34,8 @@
 
 pub mod cbor;
 pub mod config;
+pub mod observe;
+pub mod simulator;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -82,6 +87,8 @@ pub struct CoapStats {
     pub readings: AtomicU64,
     /// Retransmissions answered from the deduplication cache.
     pub duplicates: AtomicU64,
+    /// Notifications received from observed resources.
+    pub notifications: AtomicU64,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -112,6 +119,7 @@ impl CoapStats {
             "stored": self.stored.load(Relaxed),
             "readings": self.readings.load(Relaxed),
             "duplicates": self.duplicates.load(Relaxed),
+            "notifications": self.notifications.load(Relaxed),
             "rejected": self.rejected(),
         })
     }
@@ -236,6 +244,14 @@ impl CoapDriver {
                 }
                 Err(e) => tracing::error!(error = %e, "a CoAP listener cannot run"),
             }
+        }
+        for observe in &self.shared.config.observe {
+            tracker.spawn(observe::run(
+                observe.clone(),
+                self.shared.sink.clone(),
+                self.shared.stats.clone(),
+                shutdown.clone(),
+            ));
         }
         tracker.close();
         tracker.wait().await;
@@ -634,41 +650,7 @@ impl Shared {
         resource: &ResourceConfig,
         peer: SocketAddr,
     ) -> Result<Vec<Sample>, (ResponseType, &'static str, String)> {
-        let bad = |e: DecodeError| (ResponseType::BadRequest, e.reason, e.detail);
-        let now = now_ns();
-        let (values, errors): (Vec<Decoded>, Vec<DecodeError>) = match format {
-            Some(ContentFormat::ApplicationSenmlJSON) => {
-                decode::senml(payload, now).map_err(bad)?
-            }
-            Some(ContentFormat::ApplicationSenmlCBOR) => {
-                let doc = cbor::decode(payload)
-                    .map_err(|e| (ResponseType::BadRequest, "malformed_cbor", e))?;
-                decode::senml_pack(doc, now).map_err(bad)?
-            }
-            Some(ContentFormat::ApplicationJSON) => {
-                decode::json(payload, &JsonLayout::default()).map_err(bad)?
-            }
-            Some(ContentFormat::TextPlain) => {
-                (vec![decode::plain(payload).map_err(bad)?], Vec::new())
-            }
-            Some(other) => {
-                return Err((
-                    ResponseType::UnsupportedContentFormat,
-                    "unsupported_format",
-                    format!(
-                        "content format {} is not taken: use 110, 112, 50 or 0",
-                        usize::from(other)
-                    ),
-                ));
-            }
-            None => {
-                return Err((
-                    ResponseType::UnsupportedContentFormat,
-                    "unsupported_format",
-                    "no Content-Format: use 110 (SenML JSON), 112 (SenML CBOR), 50 (JSON) or 0 (text)".into(),
-                ));
-            }
-        };
+        let (values, errors) = decode_by_format(payload, format, now_ns())?;
         if values.len() + errors.len() > self.config.max_records {
             return Err((
                 ResponseType::RequestEntityTooLarge,
@@ -786,6 +768,45 @@ impl Shared {
             })
             .collect::<Vec<_>>()
             .join(",")
+    }
+}
+
+/// A payload's values by its Content-Format: 110 SenML JSON, 112 SenML
+/// CBOR, 50 JSON (a flat object), 0 text (one value, no point).
+#[allow(clippy::type_complexity)]
+pub(crate) fn decode_by_format(
+    payload: &[u8],
+    format: Option<ContentFormat>,
+    now: i64,
+) -> Result<(Vec<Decoded>, Vec<DecodeError>), (ResponseType, &'static str, String)> {
+    let bad = |e: DecodeError| (ResponseType::BadRequest, e.reason, e.detail);
+    match format {
+        Some(ContentFormat::ApplicationSenmlJSON) => decode::senml(payload, now).map_err(bad),
+        Some(ContentFormat::ApplicationSenmlCBOR) => {
+            let doc = cbor::decode(payload)
+                .map_err(|e| (ResponseType::BadRequest, "malformed_cbor", e))?;
+            decode::senml_pack(doc, now).map_err(bad)
+        }
+        Some(ContentFormat::ApplicationJSON) => {
+            decode::json(payload, &JsonLayout::default()).map_err(bad)
+        }
+        Some(ContentFormat::TextPlain) => {
+            Ok((vec![decode::plain(payload).map_err(bad)?], Vec::new()))
+        }
+        Some(other) => Err((
+            ResponseType::UnsupportedContentFormat,
+            "unsupported_format",
+            format!(
+                "content format {} is not taken: use 110, 112, 50 or 0",
+                usize::from(other)
+            ),
+        )),
+        None => Err((
+            ResponseType::UnsupportedContentFormat,
+            "unsupported_format",
+            "no Content-Format: use 110 (SenML JSON), 112 (SenML CBOR), 50 (JSON) or 0 (text)"
+                .into(),
+        )),
     }
 }
 

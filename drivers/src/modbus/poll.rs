@@ -775,11 +775,7 @@ pub(crate) async fn send(
             profile: None,
             notice: None,
         };
-        let sent = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => false,
-            sent = sink.send(batch) => sent.is_ok(),
-        };
+        let sent = sink.send_unless(batch, shutdown).await;
         if !sent {
             return false;
         }

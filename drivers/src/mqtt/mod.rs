@@ -486,11 +486,7 @@ impl MqttDriver {
                 };
             }
             for batch in pending {
-                let sent = tokio::select! {
-                    biased;
-                    () = shutdown.cancelled() => false,
-                    sent = self.sink.send(batch) => sent.is_ok(),
-                };
+                let sent = self.sink.send_unless(batch, &shutdown).await;
                 if !sent {
                     return;
                 }

@@ -78,11 +78,7 @@ pub async fn run(
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 if let Some(batch) = mapper.map(&publish.topic, &publish.payload, now_ns()) {
-                    let sent = tokio::select! {
-                        biased;
-                        () = shutdown.cancelled() => false,
-                        sent = sink.send(batch) => sent.is_ok(),
-                    };
+                    let sent = sink.send_unless(batch, &shutdown).await;
                     if !sent {
                         return;
                     }

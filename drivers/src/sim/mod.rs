@@ -195,13 +195,7 @@ impl SimDevice {
             profile: None,
             notice: None,
         };
-        tokio::select! {
-            biased;
-            // A batch not yet accepted when shutdown comes was never
-            // ingested, so dropping it loses nothing accepted.
-            () = shutdown.cancelled() => false,
-            sent = sink.send(batch) => sent.is_ok(),
-        }
+        sink.send_unless(batch, shutdown).await
     }
 
     fn sample(&mut self, i: usize, at_ns: u64) -> Sample {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use biota_drivers::coap::simulator as coap_simulator;
 use biota_drivers::modbus::config::TcpConnectionConfig;
 use biota_drivers::modbus::simulator::SimulatedPlc;
 use biota_drivers::mqtt::simulator as mqtt_simulator;
@@ -52,6 +53,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     .map_err(Failure::from)?;
     let plc = connect_simulated_plc(&mut config)?;
     let mqtt = free_mqtt_port(&mut config)?;
+    let coap = free_coap_port(&mut config)?;
     let temp;
     let dir = match &args.state_dir {
         Some(dir) => dir.clone(),
@@ -77,6 +79,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             "  MQTT             embedded broker at {broker}: boiler-1, meter-1 (JSON), env-1 (SenML) publish to it"
         );
     }
+    if let Some(server) = coap {
+        println!(
+            "  CoAP             server at udp {server}: sensor coap-1 posts confirmable SenML packs"
+        );
+    }
     println!(
         "  running for      {} (Ctrl-C stops)\n",
         format_duration(duration)
@@ -92,6 +99,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let ready_after = started.elapsed();
     if let Some(broker) = mqtt {
         mqtt_simulator::start(broker, Duration::from_millis(200), shutdown.clone());
+    }
+    if let Some(server) = coap {
+        coap_simulator::start(
+            server,
+            "coap-1",
+            Duration::from_millis(500),
+            shutdown.clone(),
+        );
     }
     let control = gateway.serve_control(&control::socket_path(&dir));
     if plc.is_some() {
@@ -182,18 +197,23 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             &reader.latest(Some("plc-1")).map_err(Failure::from)?,
         )?;
     }
+    let mut remote: Vec<(&str, &str)> = Vec::new();
     if mqtt.is_some() {
-        for device in ["meter-1", "env-1"] {
-            writeln!(
-                out,
-                "\nExample: biota-gateway query latest --device {device}   (over MQTT)"
-            )?;
-            print_readings(
-                &mut out,
-                Format::Table,
-                &reader.latest(Some(device)).map_err(Failure::from)?,
-            )?;
-        }
+        remote.extend([("meter-1", "MQTT"), ("env-1", "MQTT")]);
+    }
+    if coap.is_some() {
+        remote.push(("coap-1", "CoAP"));
+    }
+    for (device, via) in remote {
+        writeln!(
+            out,
+            "\nExample: biota-gateway query latest --device {device}   (over {via})"
+        )?;
+        print_readings(
+            &mut out,
+            Format::Table,
+            &reader.latest(Some(device)).map_err(Failure::from)?,
+        )?;
     }
     let now = now_ns();
     writeln!(
@@ -223,6 +243,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Moves the CoAP server (if configured) to a free local UDP port.
+fn free_coap_port(config: &mut GatewayConfig) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    let Some(coap) = &mut config.drivers.coap else {
+        return Ok(None);
+    };
+    let probe = std::net::UdpSocket::bind(("127.0.0.1", 0)).context("finding a free port")?;
+    let address = probe.local_addr()?;
+    coap.listen = vec![address];
+    Ok(Some(address))
 }
 
 /// Moves the embedded MQTT broker (if configured) to a free local port, so
