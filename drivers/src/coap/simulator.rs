@@ -10,6 +10,23 @@ use coap_lite::{CoapOption, ContentFormat, MessageClass, MessageType, Packet, Re
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
+/// A confirmable POST of a SenML JSON pack to `/v1/devices/<device>`,
+/// with message id `mid` (also its token), encoded.
+pub fn post_senml(mid: u16, device: &str, pack: Vec<u8>) -> Vec<u8> {
+    let mut p = Packet::new();
+    p.header.set_version(1);
+    p.header.set_type(MessageType::Confirmable);
+    p.header.code = MessageClass::Request(RequestType::Post);
+    p.header.message_id = mid;
+    p.set_token(mid.to_be_bytes().to_vec());
+    for segment in ["v1", "devices", device] {
+        p.add_option(CoapOption::UriPath, segment.as_bytes().to_vec());
+    }
+    p.set_content_format(ContentFormat::ApplicationSenmlJSON);
+    p.payload = pack;
+    p.to_bytes_unlimited().unwrap_or_default()
+}
+
 /// Posts until `shutdown`; returns at once (the work runs in a task).
 pub fn start(server: SocketAddr, device: &str, interval: Duration, shutdown: CancellationToken) {
     let device = device.to_owned();
@@ -33,20 +50,7 @@ pub fn start(server: SocketAddr, device: &str, interval: Duration, shutdown: Can
                 3.3 - t / 36_000.0
             );
             mid = mid.wrapping_add(1);
-            let mut p = Packet::new();
-            p.header.set_version(1);
-            p.header.set_type(MessageType::Confirmable);
-            p.header.code = MessageClass::Request(RequestType::Post);
-            p.header.message_id = mid;
-            p.set_token(mid.to_be_bytes().to_vec());
-            for segment in ["v1", "devices", device.as_str()] {
-                p.add_option(CoapOption::UriPath, segment.as_bytes().to_vec());
-            }
-            p.set_content_format(ContentFormat::ApplicationSenmlJSON);
-            p.payload = pack.into_bytes();
-            let Ok(bytes) = p.to_bytes_unlimited() else {
-                continue;
-            };
+            let bytes = post_senml(mid, &device, pack.into_bytes());
             // Confirmable: retransmit until the ACK (2 s, doubling, 4 times).
             let mut wait = Duration::from_secs(2);
             for _ in 0..5 {

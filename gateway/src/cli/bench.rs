@@ -90,6 +90,22 @@ enum Bench {
         #[arg(long, default_value_t = 4)]
         connections: usize,
     },
+    /// CoAP: confirmable SenML packs from many endpoints, each answered
+    /// after its commit; requests/s and acknowledgement latency.
+    Coap {
+        /// How long to measure (after 1 s of warm-up).
+        #[arg(long, default_value = "10s")]
+        duration: String,
+        /// Client endpoints (UDP sockets).
+        #[arg(long, default_value_t = 200)]
+        endpoints: usize,
+        /// Confirmable requests each endpoint keeps in flight.
+        #[arg(long, default_value_t = 4)]
+        window: usize,
+        /// Readings per SenML pack.
+        #[arg(long, default_value_t = 10)]
+        records: usize,
+    },
     /// All of the above with their default settings.
     All,
 }
@@ -131,12 +147,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             packs,
             connections,
         } => super::bench_mqtt::mqtt(&dir, messages, packs, connections).await?,
+        Bench::Coap {
+            duration,
+            endpoints,
+            window,
+            records,
+        } => {
+            let duration = parse_duration(&duration).map_err(anyhow::Error::msg)?;
+            super::bench_coap::coap(&dir, duration, endpoints, window, records).await?
+        }
         Bench::All => {
             query(&dir, 10_000)?;
             memory(&dir, "30s", 10_000, 1000).await?;
             ingest(&dir, "60s", 1000, "full", 64).await?;
             modbus(&dir, "30s", 100, 100).await?;
             super::bench_mqtt::mqtt(&dir, 2_000_000, 30_000, 4).await?;
+            super::bench_coap::coap(&dir, Duration::from_secs(10), 200, 4, 10).await?;
             ready(&dir, "1GiB")?;
         }
     }
