@@ -240,6 +240,11 @@ impl<T: Batch> BatchReceiver<T> {
     }
 
     /// The next batch if one is queued right now.
+    /// Whether nothing is queued right now.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
     pub fn try_recv(&mut self) -> Option<T> {
         let batch = self.rx.try_recv().ok()?;
         self.queued

@@ -34,6 +34,11 @@ pub struct CoapConfig {
     /// EXCHANGE_LIFETIME (247 s). Default: 10000.
     #[serde(default = "default_dedup_entries")]
     pub dedup_entries: usize,
+    /// The server sockets' receive buffer, in bytes: room for bursts of
+    /// requests while the server is busy (the kernel caps it at
+    /// `net.core.rmem_max`). Default: 4 MiB.
+    #[serde(default = "default_recv_buffer")]
+    pub recv_buffer: usize,
     /// `[[drivers.coap.observe]]`: device resources the gateway observes
     /// (RFC 7641). Default: none.
     #[serde(default)]
@@ -88,6 +93,9 @@ fn default_max_records() -> usize {
 }
 fn default_rate_limit() -> f64 {
     1000.0
+}
+fn default_recv_buffer() -> usize {
+    4 * 1024 * 1024
 }
 fn default_dedup_entries() -> usize {
     10_000

@@ -199,9 +199,18 @@ impl CoapDriver {
     pub fn start(config: CoapConfig, sink: SampleSink) -> Result<Self, CoapError> {
         let mut sockets = Vec::new();
         for &address in &config.listen {
-            let socket = std::net::UdpSocket::bind(address)
-                .and_then(|s| s.set_nonblocking(true).map(|()| s))
-                .map_err(|source| CoapError { address, source })?;
+            let socket = bind_udp(address).map_err(|source| CoapError { address, source })?;
+            // Bursts of requests wait in the kernel while the server is
+            // busy; a small buffer drops them (and devices retransmit 2 s
+            // later). The kernel caps it at net.core.rmem_max.
+            let sock = socket2::SockRef::from(&socket);
+            if let Err(e) = sock.set_recv_buffer_size(config.recv_buffer) {
+                tracing::warn!(%address, error = %e, "cannot size the CoAP receive buffer");
+            }
+            let granted = sock.recv_buffer_size().unwrap_or(0);
+            if granted < config.recv_buffer {
+                tracing::info!(%address, asked = config.recv_buffer, granted, "CoAP receive buffer capped by net.core.rmem_max");
+            }
             sockets.push(socket);
         }
         let resources = config
@@ -276,6 +285,23 @@ async fn serve(socket: Arc<UdpSocket>, shared: Arc<Shared>, shutdown: Cancellati
             let _ = socket.send_to(&answer, peer).await;
         }
     }
+}
+
+/// A non-blocking UDP socket bound to `address` (an IPv6 one for IPv6
+/// only, so that IPv4 and IPv6 listeners can share a port number).
+fn bind_udp(address: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    if address.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&address.into())?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 /// An answer to `request` (piggybacked on the ACK of a confirmable one).

@@ -627,8 +627,13 @@ impl StoreWriter {
         let mut committed = 0u64;
         heartbeat();
         loop {
+            // Someone waits for an acknowledgement (CoAP) and nothing more
+            // is queued: commit now rather than after `max_delay`. Under
+            // load, batches gather while the previous commit runs anyway.
+            let waited_for = !notices.is_empty() && input.is_empty();
             let due = !buffer.is_empty()
                 && (closed
+                    || waited_for
                     || buffer.len() >= max_readings
                     || oldest.is_some_and(|t| t.elapsed() >= max_delay));
             if due {
