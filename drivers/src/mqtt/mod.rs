@@ -196,6 +196,28 @@ impl Mapper {
         n
     }
 
+    /// A message's samples as a batch from `mqtt://<broker>/<topic>`
+    /// (`None` if it had none), counted.
+    fn batch(
+        &self,
+        topic: &str,
+        samples: Vec<Sample>,
+        received_at: i64,
+        profile: Option<Arc<str>>,
+    ) -> Option<SampleBatch> {
+        if samples.is_empty() {
+            return None;
+        }
+        self.stats.samples.fetch_add(samples.len() as u64, Relaxed);
+        Some(SampleBatch {
+            source: format!("{}{topic}", self.source_prefix).into(),
+            received_at,
+            samples,
+            profile,
+            notice: None,
+        })
+    }
+
     /// The samples of one message, as a batch (`None` if it had none).
     pub fn map(&mut self, topic: &str, payload: &[u8], received_at: i64) -> Option<SampleBatch> {
         self.stats.messages.fetch_add(1, Relaxed);
@@ -269,17 +291,7 @@ impl Mapper {
                 unit: d.unit.map(Arc::from),
             });
         }
-        if samples.is_empty() {
-            return None;
-        }
-        self.stats.samples.fetch_add(samples.len() as u64, Relaxed);
-        Some(SampleBatch {
-            source: format!("{}{topic}", self.source_prefix).into(),
-            received_at,
-            samples,
-            profile,
-            notice: None,
-        })
+        self.batch(topic, samples, received_at, profile)
     }
 }
 
@@ -304,17 +316,7 @@ impl Mapper {
         for e in &errors {
             self.stats.reject(topic, e);
         }
-        if samples.is_empty() {
-            return None;
-        }
-        self.stats.samples.fetch_add(samples.len() as u64, Relaxed);
-        Some(SampleBatch {
-            source: format!("{}{topic}", self.source_prefix).into(),
-            received_at,
-            samples,
-            profile,
-            notice: None,
-        })
+        self.batch(topic, samples, received_at, profile)
     }
 }
 
