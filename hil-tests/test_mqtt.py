@@ -82,17 +82,24 @@ def status(binary: Path, state_dir: Path) -> dict:
     return json.loads(out.stdout)
 
 
-@pytest.fixture
-def gateway(gateway_bin, spawn, write_config, state_dir):
-    port = free_port()
-    config = write_config(gateway_config(port))
+def checked_gateway(gateway_bin, spawn, write_config, state_dir, text: str):
+    """The body of a gateway fixture: a config `check-config` accepts, the
+    gateway ready on it; afterwards it must still run and stop cleanly."""
+    config = write_config(text)
     check = run_cli(gateway_bin, "check-config", str(config))
     assert check.returncode == 0, check.stderr
     gw = spawn(gateway_bin, config, state_dir)
     gw.wait_ready(timeout=30)
-    yield gw, port, state_dir / "gateway.db"
+    yield gw
     assert gw.alive(), gw.stderr()
     assert gw.stop() == 0
+
+
+@pytest.fixture
+def gateway(gateway_bin, spawn, write_config, state_dir):
+    port = free_port()
+    for gw in checked_gateway(gateway_bin, spawn, write_config, state_dir, gateway_config(port)):
+        yield gw, port, state_dir / "gateway.db"
 
 
 def test_every_payload_format_from_mosquitto_pub_and_paho(gateway_bin, gateway, state_dir):

@@ -27,6 +27,7 @@ from tahutils.tahu.sparkplug_b_pb2 import Payload
 
 from conftest import run_cli, run_query
 from test_modbus_tcp import free_port, wait_until
+from test_mqtt import checked_gateway
 
 T = tahu.MetricDataType
 T0_MS = 1_700_000_000_123
@@ -99,14 +100,8 @@ def with_unit(metric, unit: str):
 @pytest.fixture
 def gateway(gateway_bin, spawn, write_config, state_dir):
     port = free_port()
-    config = write_config(gateway_config(port))
-    check = run_cli(gateway_bin, "check-config", str(config))
-    assert check.returncode == 0, check.stderr
-    gw = spawn(gateway_bin, config, state_dir)
-    gw.wait_ready(timeout=30)
-    yield gw, port, state_dir / "gateway.db"
-    assert gw.alive(), gw.stderr()
-    assert gw.stop() == 0
+    for gw in checked_gateway(gateway_bin, spawn, write_config, state_dir, gateway_config(port)):
+        yield gw, port, state_dir / "gateway.db"
 
 
 def test_tahu_edge_node_births_data_aliases_and_deaths(gateway_bin, gateway, state_dir):

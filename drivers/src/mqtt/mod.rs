@@ -196,6 +196,27 @@ impl Mapper {
         n
     }
 
+    /// What a decoder found; its rejections (of the whole payload, or of
+    /// parts of it) counted against `topic`.
+    fn counted<T>(
+        &self,
+        topic: &str,
+        decoded: Result<(Vec<T>, Vec<DecodeError>), DecodeError>,
+    ) -> Option<Vec<T>> {
+        match decoded {
+            Ok((found, errors)) => {
+                for e in &errors {
+                    self.stats.reject(topic, e);
+                }
+                Some(found)
+            }
+            Err(e) => {
+                self.stats.reject(topic, &e);
+                None
+            }
+        }
+    }
+
     /// A message's samples as a batch from `mqtt://<broker>/<topic>`
     /// (`None` if it had none), counted.
     fn batch(
@@ -255,16 +276,7 @@ impl Mapper {
             Format::Senml => decode::senml(payload, received_at),
             Format::Sparkplug => return self.map_sparkplug(topic, payload, received_at, profile),
         };
-        let (values, errors) = match decoded {
-            Ok(found) => found,
-            Err(e) => {
-                self.stats.reject(topic, &e);
-                return None;
-            }
-        };
-        for e in &errors {
-            self.stats.reject(topic, e);
-        }
+        let values = self.counted(topic, decoded)?;
         let mut samples = Vec::with_capacity(values.len());
         for d in values {
             let device = match (topic_device.as_deref(), d.device.as_deref()) {
@@ -306,16 +318,8 @@ impl Mapper {
         received_at: i64,
         profile: Option<Arc<str>>,
     ) -> Option<SampleBatch> {
-        let (samples, errors) = match self.sparkplug.decode(topic, payload) {
-            Ok(found) => found,
-            Err(e) => {
-                self.stats.reject(topic, &e);
-                return None;
-            }
-        };
-        for e in &errors {
-            self.stats.reject(topic, e);
-        }
+        let decoded = self.sparkplug.decode(topic, payload);
+        let samples = self.counted(topic, decoded)?;
         self.batch(topic, samples, received_at, profile)
     }
 }
