@@ -99,7 +99,9 @@ contract BiotaAnchor {
     error WrongIndex(uint64 expected, uint64 got);
     /// @notice `got` is not the batch hash of the gateway's previous batch (zero before batch 1).
     error WrongPrevHash(bytes32 expected, bytes32 got);
-    /// @notice The batch does not start right after the previous batch's lastSeq (a gap or an overlap).
+    /// @notice The batch starts at or before the previous batch's lastSeq (an overlap); `expected`
+    /// is the least firstSeq allowed. A gap is allowed: readings the gateway's retention deleted
+    /// before they were sealed, which no batch can cover (its audit reports them).
     error WrongFirstSeq(uint64 expected, uint64 got);
     /// @notice The range is not a batch: firstSeq is 0, lastSeq < firstSeq, or count ≠ lastSeq − firstSeq + 1.
     error BadRange();
@@ -289,7 +291,7 @@ contract BiotaAnchor {
         if (h.firstSeq == 0 || h.lastSeq < h.firstSeq || h.count != h.lastSeq - h.firstSeq + 1) {
             revert BadRange();
         }
-        if (head.index != 0 && h.firstSeq != head.lastSeq + 1) {
+        if (head.index != 0 && h.firstSeq <= head.lastSeq) {
             revert WrongFirstSeq(head.lastSeq + 1, h.firstSeq);
         }
         bytes32 batchHash = keccak256(

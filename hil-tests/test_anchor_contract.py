@@ -375,18 +375,22 @@ def test_ordering_errors(anchor):
     anchor.send("anchor", *b1.header(), sender=gw)  # the first batch may start at any seq ≥ 1
     assert expect_revert("WrongIndex", anchor.send, "anchor", *b1.header(), sender=gw) == (2, 1)
     assert expect_revert("WrongPrevHash", attempt, 2, 110, 114, 5, prev=ZERO) == (b1.hash, ZERO)
-    assert expect_revert("WrongFirstSeq", attempt, 2, 111, 115, 5, prev=b1.hash) == (110, 111)  # a gap
     assert expect_revert("WrongFirstSeq", attempt, 2, 109, 113, 5, prev=b1.hash) == (110, 109)  # overlap
+    assert expect_revert("WrongFirstSeq", attempt, 2, 100, 104, 5, prev=b1.hash) == (110, 100)
     expect_revert("BadRange", attempt, 2, 110, 114, 4, prev=b1.hash)
 
     # anchorMany is all or nothing: a bad second batch leaves the first unanchored too.
-    b3 = Batch(3, b2.last_seq + 2, 2, b2.hash)  # a gap after batch 2
+    b3 = Batch(3, b2.last_seq, 2, b2.hash)  # overlaps batch 2 by one seq
     assert expect_revert("WrongFirstSeq", anchor.send, "anchorMany", [b2.header(), b3.header()],
                          sender=gw) == (b2.last_seq + 1, b3.first_seq)
     assert anchor.call("nextIndex", gw) == 2
     assert anchor.call("batchOf", gw, 2)[4] == 0
     anchor.send("anchorMany", [b2.header()], sender=gw)
     assert anchor.call("nextIndex", gw) == 3
+    # A gap is allowed: readings retention deleted before they were sealed.
+    b4 = Batch(3, b2.last_seq + 10, 3, b2.hash)
+    anchor.send("anchor", *b4.header(), sender=gw)
+    assert anchor.call("nextIndex", gw) == 4
 
 
 # ---------------------------------------------------------------------------

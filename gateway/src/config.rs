@@ -20,6 +20,9 @@ use crate::time::serde_duration;
 /// restarted in a loop.
 pub const EXIT_CONFIG: i32 = 78;
 
+/// The largest batch: 4 Mi readings (128 MiB of leaves).
+pub const MAX_BATCH_READINGS: usize = 4 << 20;
+
 /// The sample configuration, also printed by `print-default-config`.
 pub const SAMPLE_CONFIG: &str = include_str!("../../config/gateway.toml");
 
@@ -47,6 +50,124 @@ pub struct GatewayConfig {
     /// store-and-forward. Default: none.
     #[serde(default)]
     pub uplink: Option<UplinkConfig>,
+    /// `[anchor]`: sealing readings into Merkle batches and anchoring them
+    /// on an EVM chain. Default: sealing on, no chain (`backend = "none"`).
+    #[serde(default)]
+    pub anchor: AnchorConfig,
+}
+
+/// `[anchor]`: see `docs/anchoring.md`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnchorConfig {
+    /// Seal batches at all. Default: true.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// A batch is sealed when it holds this many readings. Default: 10000.
+    #[serde(default = "default_batch_max_readings")]
+    pub batch_max_readings: usize,
+    /// …or when its oldest reading has waited this long. Default: `60s`.
+    #[serde(default = "default_batch_max_age", with = "serde_duration")]
+    pub batch_max_age: Duration,
+    /// `none` (the local hash chain only, default) or `evm`.
+    #[serde(default)]
+    pub backend: AnchorBackend,
+    /// `[anchor.evm]`: the chain, required with `backend = "evm"`.
+    #[serde(default)]
+    pub evm: Option<EvmConfig>,
+}
+
+impl Default for AnchorConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            batch_max_readings: default_batch_max_readings(),
+            batch_max_age: default_batch_max_age(),
+            backend: AnchorBackend::None,
+            evm: None,
+        }
+    }
+}
+
+/// Where batch roots go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnchorBackend {
+    /// Only the local hash chain.
+    #[default]
+    None,
+    /// An EVM chain through JSON-RPC and the anchor contract.
+    Evm,
+}
+
+/// `[anchor.evm]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvmConfig {
+    /// JSON-RPC endpoint, `http://` or `https://`.
+    pub rpc: String,
+    /// The anchor contract's address, `0x` and 40 hex digits.
+    pub contract: String,
+    /// The chain id the endpoint must report; checked before anything is
+    /// sent. Default: whatever the endpoint reports.
+    #[serde(default)]
+    pub chain_id: Option<u64>,
+    /// The gateway's secp256k1 key (hex), created by `biota-gateway
+    /// keygen`; must be mode 0600. Relative to the state directory.
+    /// Default: `anchor.key`.
+    #[serde(default = "default_key_file")]
+    pub key_file: PathBuf,
+    /// Blocks on top of (and including) the anchor's block before it
+    /// counts as final. Default: 2.
+    #[serde(default = "default_confirmations")]
+    pub confirmations: u64,
+    /// Cap on the fee per gas, in gwei. Default: 200.
+    #[serde(default = "default_max_fee_gwei")]
+    pub max_fee_gwei: f64,
+    /// Cap on the priority fee (tip) per gas, in gwei. Default: 2.
+    #[serde(default = "default_max_priority_fee_gwei")]
+    pub max_priority_fee_gwei: f64,
+    /// A transaction not mined after this long is sent again with higher
+    /// fees (same nonce). Default: `60s`.
+    #[serde(default = "default_resubmit_after", with = "serde_duration")]
+    pub resubmit_after: Duration,
+    /// Most batches in one transaction (catching up after an outage). Default: 16.
+    #[serde(default = "default_max_batches_per_tx")]
+    pub max_batches_per_tx: usize,
+    /// How often the chain is asked for news. Default: `2s`.
+    #[serde(default = "default_poll_interval", with = "serde_duration")]
+    pub poll_interval: Duration,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_batch_max_readings() -> usize {
+    10_000
+}
+fn default_batch_max_age() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_key_file() -> PathBuf {
+    "anchor.key".into()
+}
+fn default_confirmations() -> u64 {
+    2
+}
+fn default_max_fee_gwei() -> f64 {
+    200.0
+}
+fn default_max_priority_fee_gwei() -> f64 {
+    2.0
+}
+fn default_resubmit_after() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_batches_per_tx() -> usize {
+    16
+}
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(2)
 }
 
 /// `[uplink]`: see `docs/drivers/mqtt.md` (Uplink).
@@ -585,6 +706,86 @@ impl GatewayConfig {
             }
         }
 
+        let anchor = &self.anchor;
+        if !(1..=MAX_BATCH_READINGS).contains(&anchor.batch_max_readings) {
+            err(
+                "anchor.batch_max_readings".into(),
+                format!(
+                    "must be 1..={MAX_BATCH_READINGS}, got {}",
+                    anchor.batch_max_readings
+                ),
+            );
+        }
+        if anchor.batch_max_age < Duration::from_millis(100) {
+            err(
+                "anchor.batch_max_age".into(),
+                "must be at least 100ms".into(),
+            );
+        }
+        match (&anchor.backend, &anchor.evm) {
+            (AnchorBackend::Evm, None) => err(
+                "anchor.evm".into(),
+                "backend = \"evm\" needs an [anchor.evm] section (rpc, contract)".into(),
+            ),
+            (AnchorBackend::Evm, Some(_)) if !anchor.enabled => err(
+                "anchor.enabled".into(),
+                "backend = \"evm\" anchors sealed batches: sealing must be enabled".into(),
+            ),
+            _ => {}
+        }
+        if let Some(evm) = &anchor.evm {
+            if !(evm.rpc.starts_with("http://") || evm.rpc.starts_with("https://")) {
+                err(
+                    "anchor.evm.rpc".into(),
+                    format!("`{}` is not an http:// or https:// URL", evm.rpc),
+                );
+            }
+            if crate::anchor::parse_address(&evm.contract).is_none() {
+                err(
+                    "anchor.evm.contract".into(),
+                    format!(
+                        "`{}` is not an address (0x and 40 hex digits)",
+                        evm.contract
+                    ),
+                );
+            }
+            if !(1..=10_000).contains(&evm.confirmations) {
+                err(
+                    "anchor.evm.confirmations".into(),
+                    format!("must be 1..=10000, got {}", evm.confirmations),
+                );
+            }
+            for (key, v) in [
+                ("max_fee_gwei", evm.max_fee_gwei),
+                ("max_priority_fee_gwei", evm.max_priority_fee_gwei),
+            ] {
+                if !v.is_finite() || v <= 0.0 || v > 1e9 {
+                    err(
+                        format!("anchor.evm.{key}"),
+                        format!("must be a positive number of gwei, got {v}"),
+                    );
+                }
+            }
+            if evm.max_priority_fee_gwei > evm.max_fee_gwei {
+                err(
+                    "anchor.evm.max_priority_fee_gwei".into(),
+                    "must not exceed max_fee_gwei".into(),
+                );
+            }
+            if !(1..=256).contains(&evm.max_batches_per_tx) {
+                err(
+                    "anchor.evm.max_batches_per_tx".into(),
+                    format!("must be 1..=256, got {}", evm.max_batches_per_tx),
+                );
+            }
+            if evm.poll_interval < Duration::from_millis(50) || evm.resubmit_after.is_zero() {
+                err(
+                    "anchor.evm.poll_interval".into(),
+                    "poll_interval must be at least 50ms and resubmit_after positive".into(),
+                );
+            }
+        }
+
         let store = &self.store;
         if !(1..=1_000_000).contains(&store.commit_max_readings) {
             err(
@@ -750,6 +951,13 @@ impl GatewayConfig {
     }
 
     /// The database file for a state directory.
+    /// Makes `[anchor.evm] key_file` absolute (relative to the state directory).
+    pub fn resolve_key_file(&mut self, state_dir: &Path) {
+        if let Some(evm) = self.anchor.evm.as_mut() {
+            evm.key_file = state_dir.join(&evm.key_file);
+        }
+    }
+
     pub fn db_path(&self, state_dir: &Path) -> PathBuf {
         state_dir.join(&self.store.path)
     }

@@ -21,6 +21,7 @@
 //! *Architecture invariant:* this crate depends on `biota-drivers`, never
 //! the other way round.
 
+pub mod anchor;
 pub mod cdm;
 pub mod command;
 pub mod config;

@@ -49,6 +49,18 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// Write a value to a device's point, through the running gateway.
     Write(cli::control::WriteArgs),
+    /// Create the gateway's secp256k1 key for anchoring (mode 0600).
+    Keygen(cli::anchor::KeygenArgs),
+    /// Print the proof bundle of one reading (docs/anchoring.md).
+    Proof(cli::anchor::ProofArgs),
+    /// Check a proof bundle on its own: offline, and against the chain with --rpc.
+    Verify(cli::anchor::VerifyArgs),
+    /// Recompute every batch and name each reading altered, removed or
+    /// inserted since it was sealed.
+    Audit(cli::anchor::AuditArgs),
+    /// Deploy the anchor contract or authorize a gateway in it.
+    #[command(subcommand)]
+    Contract(cli::anchor::ContractCommand),
     /// Show every device's state and transaction counters (polls,
     /// timeouts, CRC errors, exceptions, writes), from the running gateway.
     Devices(cli::control::DevicesArgs),
@@ -77,7 +89,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run { config, state_dir } => {
-            let config = match GatewayConfig::load(&config) {
+            let mut config = match GatewayConfig::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{e}");
@@ -87,6 +99,7 @@ fn main() -> ExitCode {
             init_logging(&config.log.level);
             let state_dir = biota_gateway::config::state_dir(state_dir.as_deref());
             let db_path = config.db_path(&state_dir);
+            config.resolve_key_file(&state_dir);
             let socket = control::socket_path(&state_dir);
             exit(runtime().map(|rt| {
                 let code = rt.block_on(run(config, db_path, socket));
@@ -99,6 +112,20 @@ fn main() -> ExitCode {
         Command::Query(args) => exit(cli::query::run(args).map(|()| ExitCode::SUCCESS)),
         Command::Write(args) => exit(cli::control::write(&args)),
         Command::Devices(args) => exit(cli::control::devices(&args)),
+        Command::Keygen(args) => exit(cli::anchor::keygen(&args)),
+        Command::Proof(args) => exit(cli::anchor::proof(&args)),
+        Command::Verify(args) => {
+            init_logging("warn");
+            exit(runtime().and_then(|rt| rt.block_on(cli::anchor::verify(&args))))
+        }
+        Command::Audit(args) => {
+            init_logging("warn");
+            exit(runtime().and_then(|rt| rt.block_on(cli::anchor::audit(&args))))
+        }
+        Command::Contract(command) => {
+            init_logging("warn");
+            exit(runtime().and_then(|rt| rt.block_on(cli::anchor::contract(&command))))
+        }
         Command::Demo(args) => {
             init_logging("warn");
             exit(runtime().and_then(|rt| rt.block_on(cli::demo::run(args))))
@@ -204,8 +231,12 @@ async fn run(config: GatewayConfig, db_path: PathBuf, socket: PathBuf) -> ExitCo
 fn start_failed(e: &StartError, db_path: &Path) -> ExitCode {
     tracing::error!(path = %db_path.display(), "cannot start: {e}");
     match e {
-        StartError::Store(_) => ExitCode::from(EXIT_STORE as u8),
+        StartError::Store(_)
+        | StartError::Anchor(biota_gateway::anchor::AnchorStartError::Store(_)) => {
+            ExitCode::from(EXIT_STORE as u8)
+        }
         StartError::Thread(_)
+        | StartError::Anchor(_)
         | StartError::Mqtt(_)
         | StartError::Coap(_)
         | StartError::Uplink(_) => ExitCode::FAILURE,

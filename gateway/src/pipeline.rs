@@ -27,6 +27,7 @@ use biota_drivers::{
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::anchor::Anchoring;
 use crate::command::CommandBus;
 use crate::config::GatewayConfig;
 use crate::control::{ControlServer, StatusFn};
@@ -49,6 +50,8 @@ pub enum StartError {
     Coap(#[from] CoapError),
     #[error("cannot start the uplink: {0}")]
     Uplink(#[source] std::io::Error),
+    #[error("cannot start anchoring: {0}")]
+    Anchor(#[from] crate::anchor::AnchorStartError),
 }
 
 /// How the pipeline ended.
@@ -68,6 +71,7 @@ pub struct Gateway {
     mqtt_stats: Option<Arc<MqttStats>>,
     coap_stats: Option<Arc<CoapStats>>,
     uplink: Option<(Arc<UplinkStats>, std::thread::JoinHandle<()>)>,
+    anchoring: Option<Arc<Anchoring>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     /// Held until shutdown, so that a gateway with no (or only finished)
@@ -120,6 +124,18 @@ impl Gateway {
             .spawn(reading_rx, &config.store)
             .map_err(StartError::Thread)?;
 
+        let anchoring = if config.anchor.enabled {
+            Some(Arc::new(Anchoring::start(
+                &config.anchor,
+                db_path,
+                None,
+                config.store.synchronous,
+                shutdown.clone(),
+            )?))
+        } else {
+            None
+        };
+
         let tasks = TaskTracker::new();
         let normalizer = Normalizer::new(config, metrics.clone());
         tasks.spawn(run_normalizer(normalizer, sample_rx, reading_tx));
@@ -158,6 +174,7 @@ impl Gateway {
             mqtt_stats,
             coap_stats,
             uplink,
+            anchoring,
             shutdown,
             tasks,
             idle_sink: Some(sample_tx),
@@ -186,6 +203,11 @@ impl Gateway {
         &self.device_stats
     }
 
+    /// Sealing and anchoring, when enabled.
+    pub fn anchoring(&self) -> Option<&Arc<Anchoring>> {
+        self.anchoring.as_ref()
+    }
+
     /// Serves the control socket at `path` until shutdown (see
     /// [`crate::control`]).
     pub fn serve_control(&self, path: &Path) -> std::io::Result<PathBuf> {
@@ -195,6 +217,7 @@ impl Gateway {
         let uplink = self.uplink.as_ref().map(|(s, _)| s.clone());
         let coap = self.coap_stats.clone();
         let metrics = self.metrics.clone();
+        let anchoring = self.anchoring.clone();
         let status: StatusFn = Arc::new(move || {
             let devices: Vec<_> = stats.iter().map(|s| s.snapshot()).collect();
             let mut status = serde_json::json!({ "devices": devices });
@@ -206,6 +229,9 @@ impl Gateway {
             }
             if let Some(u) = &uplink {
                 status["uplink"] = u.to_json(metrics.last_seq.load(Relaxed));
+            }
+            if let Some(a) = &anchoring {
+                status["anchor"] = a.to_json();
             }
             status
         });
@@ -227,8 +253,12 @@ impl Gateway {
         let writer = self.writer;
         let tasks = self.tasks;
         let uplink = self.uplink.take().map(|(_, thread)| thread);
+        let anchoring = self.anchoring.take();
         let drain = async move {
             tasks.wait().await;
+            if let Some(a) = anchoring.and_then(Arc::into_inner) {
+                let _ = tokio::task::spawn_blocking(move || a.join()).await;
+            }
             if let Some(thread) = uplink {
                 let _ = tokio::task::spawn_blocking(move || thread.join()).await;
             }

@@ -2,6 +2,7 @@
 //! `write` and `devices` (requests to the running gateway),
 //! `demo` (live terminal view) and `bench` (the benchmark command).
 
+pub mod anchor;
 pub mod bench;
 pub mod bench_coap;
 mod bench_mqtt;

@@ -2,12 +2,11 @@
 //! store, as an aligned table, CSV or JSON.
 
 use std::io::Write;
-use std::path::PathBuf;
 
 use anyhow::Context;
 use biota_gateway::Reading;
-use biota_gateway::config::{GatewayConfig, state_dir};
-use biota_gateway::store::{Bucket, Cursor, StoreReader};
+
+use biota_gateway::store::{Bucket, Cursor};
 use biota_gateway::time::{format_rfc3339, now_ns, parse_duration, parse_time_arg};
 use clap::{Args, Subcommand, ValueEnum};
 
@@ -15,15 +14,8 @@ use super::Failure;
 
 #[derive(Args)]
 pub struct QueryArgs {
-    /// Configuration file, to find the database (`[store] path`).
-    #[arg(long, short)]
-    config: Option<PathBuf>,
-    /// State directory (default: $STATE_DIRECTORY, else /var/lib/biota).
-    #[arg(long)]
-    state_dir: Option<PathBuf>,
-    /// The database file itself (overrides --config and --state-dir).
-    #[arg(long)]
-    db: Option<PathBuf>,
+    #[command(flatten)]
+    db: super::anchor::DbArgs,
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
@@ -82,17 +74,7 @@ enum What {
 }
 
 pub fn run(args: QueryArgs) -> anyhow::Result<()> {
-    let db = match &args.db {
-        Some(db) => db.clone(),
-        None => {
-            let config = match &args.config {
-                Some(file) => GatewayConfig::load(file).map_err(Failure::from)?,
-                None => GatewayConfig::default(),
-            };
-            config.db_path(&state_dir(args.state_dir.as_deref()))
-        }
-    };
-    let reader = StoreReader::open(&db).map_err(Failure::from)?;
+    let reader = args.db.reader()?;
     let now = now_ns();
     let time = |s: &str| parse_time_arg(s, now).map_err(anyhow::Error::msg);
     let mut out = std::io::stdout().lock();

@@ -50,6 +50,10 @@ pub const AFTER_SEQ_SQL: &str =
 
 const SERIES_SQL: &str = "SELECT id FROM series WHERE device = ?1 AND point = ?2";
 
+/// A row of [`StoreReader::after_seq_checked`]: a reading, or its seq and
+/// why it is not a valid one.
+pub type CheckedRow = Result<Reading, (u64, String)>;
+
 /// Where a range query continues: after (ts, seq).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
@@ -110,6 +114,23 @@ impl StoreReader {
         })
     }
 
+    /// The connection, for queries of other modules' tables (batches).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A meta value (`next_seq`, `retention_floor`, …), if set.
+    pub fn meta(&self, key: &str) -> Result<Option<i64>, StoreError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(sql_err(&self.path, "reading a meta value"))
+    }
+
     /// The latest reading of every series (of `device`, if given).
     pub fn latest(&self, device: Option<&str>) -> Result<Vec<Reading>, StoreError> {
         self.named_readings(LATEST_SQL, [device], "querying latest values")
@@ -141,6 +162,39 @@ impl StoreReader {
         let seq = i64::try_from(seq).unwrap_or(i64::MAX);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.named_readings(AFTER_SEQ_SQL, [seq, limit], "querying readings by seq")
+    }
+
+    /// Like [`Self::after_seq`], but a row that is not a valid reading
+    /// comes back as its seq and why, instead of failing the query (audits).
+    pub fn after_seq_checked(&self, seq: u64, limit: usize) -> Result<Vec<CheckedRow>, StoreError> {
+        let what = "querying readings by seq";
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut stmt = self
+            .conn
+            .prepare_cached(AFTER_SEQ_SQL)
+            .map_err(sql_err(&self.path, what))?;
+        let mut rows = stmt
+            .query([seq, limit])
+            .map_err(sql_err(&self.path, what))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(sql_err(&self.path, what))? {
+            let named = row_str(row, 0, &self.path).and_then(|device| {
+                let point = row_str(row, 1, &self.path)?;
+                self.reading(row, 2, Arc::from(device), Arc::from(point))
+            });
+            out.push(match named {
+                Ok(r) => Ok(r),
+                Err(StoreError::Corrupt { seq, reason, .. }) if seq >= 0 => {
+                    Err((seq as u64, reason))
+                }
+                Err(e) => {
+                    let seq: i64 = row.get(2).map_err(sql_err(&self.path, what))?;
+                    Err((seq as u64, e.to_string()))
+                }
+            });
+        }
+        Ok(out)
     }
 
     /// The oldest stored seq (retention deletes from the start), if any.

@@ -15,7 +15,7 @@ use super::{StoreError, sql_err};
 use crate::config::Synchronous;
 
 /// The schema version this gateway writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -48,6 +48,29 @@ const MIGRATIONS: &[&str] = &[
      -- all readings with seq < checkpoints.seq were committed at or before committed_at
      CREATE TABLE checkpoints (seq INTEGER PRIMARY KEY, committed_at INTEGER NOT NULL);
      INSERT INTO meta (key, value) VALUES ('next_seq', 1);",
+    // 1 → 2: anchoring (docs/anchoring.md). Written by the anchorer on its
+    // own connection; the readings writer never touches these tables.
+    "CREATE TABLE batches (
+         idx INTEGER PRIMARY KEY,           -- 1, 2, … gapless
+         first_seq INTEGER NOT NULL,
+         last_seq INTEGER NOT NULL,
+         root BLOB NOT NULL,                -- Merkle root, 32 bytes
+         prev_hash BLOB NOT NULL,           -- previous batch's hash (zeros for 1)
+         hash BLOB NOT NULL,                -- this batch's hash (the local chain)
+         sealed_at INTEGER NOT NULL,        -- UTC ns
+         -- the on-chain anchor, once it has its confirmations
+         chain_id INTEGER,
+         contract BLOB,
+         gateway BLOB,                      -- the anchoring account
+         tx_hash BLOB,
+         block_number INTEGER,
+         block_hash BLOB,
+         anchored_at INTEGER
+     );
+     CREATE UNIQUE INDEX batches_by_last_seq ON batches (last_seq);
+     -- the leaves (32 bytes per reading, in seq order) for proofs and audits;
+     -- dropped once retention has deleted every reading of the batch
+     CREATE TABLE batch_leaves (batch INTEGER PRIMARY KEY, leaves BLOB NOT NULL);",
 ];
 
 /// Opens (creating if needed) the database for the writer, in WAL mode,
@@ -110,6 +133,31 @@ pub fn open_for_write(
     Ok(conn)
 }
 
+/// A second writing connection for the anchorer's own tables (`batches`,
+/// `batch_leaves`) on a database the writer has opened and migrated. Its
+/// transactions are short and `BEGIN IMMEDIATE`, and the busy timeout
+/// covers the moments the readings writer holds the lock.
+pub fn open_side_writer(path: &Path, synchronous: Synchronous) -> Result<Connection, StoreError> {
+    let conn = open_existing(path)?.map_err(|source| diagnose_open(path, source))?;
+    let sync = match synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA busy_timeout = 10000; PRAGMA synchronous = {sync};"
+    ))
+    .map_err(sql_err(path, "setting up the anchorer's connection"))?;
+    let version = user_version(&conn, path)?;
+    if version != SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            path: path.to_owned(),
+            found: version,
+            known: SCHEMA_VERSION,
+        });
+    }
+    Ok(conn)
+}
+
 /// SQLite says only "unable to open database file"; the directory tells
 /// why (read-only file system, permissions, disk full), so ask it.
 fn diagnose_open(path: &Path, source: rusqlite::Error) -> StoreError {
@@ -138,29 +186,35 @@ fn diagnose_open(path: &Path, source: rusqlite::Error) -> StoreError {
     }
 }
 
-/// Opens an existing database for reading only.
-pub fn open_for_read(path: &Path) -> Result<Connection, StoreError> {
+/// Opens an existing database read-write without creating it: the outer
+/// error when it does not exist, the inner one when SQLite cannot open it.
+fn open_existing(path: &Path) -> Result<rusqlite::Result<Connection>, StoreError> {
     if !path.exists() {
         return Err(StoreError::Missing {
             path: path.to_owned(),
         });
     }
-    // Read-write flags without CREATE: a WAL reader needs to map the
-    // shared-memory file; query_only keeps this connection from writing.
-    let conn = Connection::open_with_flags(
+    Ok(Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .or_else(|_| {
-        Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-    })
-    .map_err(|source| StoreError::Open {
-        path: path.to_owned(),
-        source,
-    })?;
+    ))
+}
+
+/// Opens an existing database for reading only.
+pub fn open_for_read(path: &Path) -> Result<Connection, StoreError> {
+    // Read-write flags without CREATE: a WAL reader needs to map the
+    // shared-memory file; query_only keeps this connection from writing.
+    let conn = open_existing(path)?
+        .or_else(|_| {
+            Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+        })
+        .map_err(|source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
     conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = 1;")
         .map_err(sql_err(path, "setting up the reader"))?;
     let version = user_version(&conn, path)?;

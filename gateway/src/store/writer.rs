@@ -244,9 +244,12 @@ impl StoreWriter {
     ) -> Result<(), StoreError> {
         let path = self.path.clone();
         let checkpoint = self.checkpoint_plan(now);
+        // IMMEDIATE: take the write lock (waiting for the anchorer's short
+        // transactions) before reading, so the commit cannot fail later
+        // on a snapshot another connection has moved past.
         let tx = self
             .conn
-            .transaction()
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(sql_err(&path, "starting a commit"))?;
         {
             let mut insert = tx
@@ -497,10 +500,23 @@ impl StoreWriter {
                 return Ok(0);
             }
         };
-        let deleted = self
+        // The floor tells an audit that readings below it went by
+        // retention, not by tampering.
+        let tx = self
             .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql_err(&self.path, "starting a retention step"))?;
+        let deleted = tx
             .execute("DELETE FROM readings WHERE seq < ?1", [upto])
             .map_err(sql_err(&self.path, "deleting old readings"))? as u64;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('retention_floor', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+            [upto],
+        )
+        .map_err(sql_err(&self.path, "recording the retention floor"))?;
+        tx.commit()
+            .map_err(sql_err(&self.path, "committing a retention step"))?;
         // A cached latest value may point at a deleted row: look it up again.
         for points in self.series.values_mut() {
             for entry in points.values_mut() {
