@@ -115,7 +115,8 @@ def _revert_data(e: RpcError) -> bytes | None:
 class Anvil:
     """One anvil node on loopback; see the module doc."""
 
-    def __init__(self, workdir: Path, port: int | None = None):
+    def __init__(self, workdir: Path, port: int | None = None, extra_args: list[str] | None = None):
+        self.extra_args = list(extra_args or [])
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -143,6 +144,7 @@ class Anvil:
             str(anvil_bin()), "--host", "127.0.0.1", "--port", str(self.port),
             "--chain-id", str(CHAIN_ID), "--silent",
             "--state", str(self.state_file), "--config-out", str(self.config_file),
+            *self.extra_args,
         ]
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,

@@ -298,6 +298,11 @@ impl Sealer {
     /// that are full or old enough. Returns the number sealed.
     pub fn step(&mut self, now: Instant) -> Result<usize, StoreError> {
         let mut sealed = 0;
+        if self.pending.len() >= self.max_readings {
+            // A seal that failed last time (disk full, a lock timeout).
+            self.seal()?;
+            sealed += 1;
+        }
         loop {
             let after = self.next_seq - 1 + self.pending.len() as u64;
             let want = (self.max_readings - self.pending.len()).min(SCAN_CHUNK);
