@@ -48,8 +48,8 @@ pub struct GatewayConfig {
     #[serde(default)]
     pub uplink: Option<UplinkConfig>,
     /// `[api]`: the local HTTP API, Prometheus metrics and the web console
-    /// (`docs/api.md`). Default: none (no HTTP listener); the shipped
-    /// `/etc/biota/gateway.toml` enables it on localhost.
+    /// (`docs/api.md`). Default: none (no HTTP listener); with an `[api]`
+    /// section it listens on localhost unless told otherwise.
     #[serde(default)]
     pub api: Option<ApiConfig>,
 }

@@ -7,6 +7,7 @@
 //! - [`prometheus`]: `/metrics` in the Prometheus text format.
 //! - [`anchoring`]: batches and proofs (issue #6 fills them in).
 //! - [`console`]: the embedded web console.
+//! - [`client`]: a small HTTP/1.1 client for the tests and `bench api`.
 //! - [`server`]: the accept loop (plain HTTP or rustls), connection limit,
 //!   graceful shutdown.
 //!
@@ -15,6 +16,7 @@
 
 pub mod anchoring;
 pub mod auth;
+pub mod client;
 pub mod console;
 pub mod error;
 pub mod prometheus;
