@@ -162,6 +162,11 @@ impl CommandBus {
         }
     }
 
+    /// Whether `device` is configured and its driver takes writes.
+    pub fn takes_writes(&self, device: &str) -> bool {
+        self.targets.get(device).is_some_and(|t| t.sender.is_some())
+    }
+
     /// Writes one point and waits for the device's answer.
     pub async fn write(&self, command: WriteCommand) -> Result<WriteOutcome, CommandError> {
         let result = self.try_write(&command).await;

@@ -3,10 +3,13 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | [`api`] | the local HTTP API (`/v1`), Prometheus `/metrics`, the web console; bearer tokens |
 //! | [`cdm`] | the Common Data Model: `Reading`, validation, canonical encoding, leaf hash |
 //! | [`command`] | the one command path into devices (writes), with profile scaling undone |
 //! | [`control`] | the control socket: the CLI's way into the running service |
 //! | [`config`] | the TOML configuration: types, defaults, loading, validation, errors with lines |
+//! | [`export`] | readings and buckets as CSV cells and JSON, for the CLI and the API |
+//! | [`live`] | committed readings fanned out to live subscribers (bounded, never blocks the writer) |
 //! | [`normalize`] | device profiles: raw samples → readings |
 //! | [`store`] | SQLite: schema, the one writer, retention, queries |
 //! | [`pipeline`] | wiring drivers → normalizer → writer, shutdown order |
@@ -22,10 +25,13 @@
 //! the other way round.
 
 pub mod anchor;
+pub mod api;
 pub mod cdm;
 pub mod command;
 pub mod config;
 pub mod control;
+pub mod export;
+pub mod live;
 pub mod metrics;
 pub mod normalize;
 pub mod pipeline;

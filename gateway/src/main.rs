@@ -64,6 +64,8 @@ enum Command {
     /// Show every device's state and transaction counters (polls,
     /// timeouts, CRC errors, exceptions, writes), from the running gateway.
     Devices(cli::control::DevicesArgs),
+    /// Manage the HTTP API's bearer tokens (create, list, revoke).
+    Token(cli::token::TokenArgs),
 }
 
 fn main() -> ExitCode {
@@ -100,9 +102,8 @@ fn main() -> ExitCode {
             let state_dir = biota_gateway::config::state_dir(state_dir.as_deref());
             let db_path = config.db_path(&state_dir);
             config.resolve_key_file(&state_dir);
-            let socket = control::socket_path(&state_dir);
             exit(runtime().map(|rt| {
-                let code = rt.block_on(run(config, db_path, socket));
+                let code = rt.block_on(run(config, db_path, state_dir));
                 // After a drain that timed out the writer may still be
                 // retrying a commit: do not wait for it, exit.
                 rt.shutdown_timeout(std::time::Duration::from_secs(1));
@@ -126,6 +127,7 @@ fn main() -> ExitCode {
             init_logging("warn");
             exit(runtime().and_then(|rt| rt.block_on(cli::anchor::contract(&command))))
         }
+        Command::Token(args) => exit(cli::token::run(args).map(|()| ExitCode::SUCCESS)),
         Command::Demo(args) => {
             init_logging("warn");
             exit(runtime().and_then(|rt| rt.block_on(cli::demo::run(args))))
@@ -193,12 +195,21 @@ fn init_logging(level: &str) {
 }
 
 /// `run`: start, signal readiness, run until SIGTERM/SIGINT, drain, exit.
-async fn run(config: GatewayConfig, db_path: PathBuf, socket: PathBuf) -> ExitCode {
+async fn run(config: GatewayConfig, db_path: PathBuf, state_dir: PathBuf) -> ExitCode {
+    let socket = control::socket_path(&state_dir);
     let shutdown = CancellationToken::new();
-    let gateway = match Gateway::start(&config, &db_path, shutdown.clone()).await {
+    let mut gateway = match Gateway::start(&config, &db_path, shutdown.clone()).await {
         Ok(g) => g,
         Err(e) => return start_failed(&e, &db_path),
     };
+    // The API is configured on purpose: if it cannot listen, say so and
+    // stop (as a taken MQTT port does) rather than run without it.
+    if let Err(e) = gateway.serve_api(&config, &db_path, &state_dir) {
+        tracing::error!("cannot start: {e}");
+        shutdown.cancel();
+        let _ = gateway.stopped().await;
+        return ExitCode::FAILURE;
+    }
     // Without the socket the gateway still collects data; only the
     // command line's writes and status are unavailable.
     if let Err(e) = gateway.serve_control(&socket) {

@@ -1,7 +1,7 @@
 //! Internal counters of the pipeline: accepted, rejected (per reason),
-//! committed, queue depths and writer progress. Lock-free atomics on the
-//! hot path; later issues expose them as Prometheus metrics, today the
-//! demo, `STATUS=` and the benchmark read them.
+//! committed, queue depths, writer progress and commit latency. Lock-free
+//! atomics on the hot path; the API serves them as Prometheus metrics
+//! (`api::prometheus`), the demo, `STATUS=` and the benchmark read them.
 //!
 //! A rejection is one call, [`Metrics::reject`], that bumps the counter
 //! and writes a rate-limited log line together.
@@ -90,7 +90,54 @@ pub struct Metrics {
     /// Device writes that succeeded / failed (any reason).
     pub writes_ok: AtomicU64,
     pub writes_failed: AtomicU64,
+    /// Duration of each group commit (the transaction and its fsync).
+    pub commit_latency: Histogram,
     per_device: Mutex<HashMap<Arc<str>, u64>>,
+}
+
+/// Upper bounds (seconds) of [`Metrics::commit_latency`]'s buckets.
+pub const COMMIT_LATENCY_BOUNDS: &[f64] = &[
+    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// A histogram of durations with fixed bucket bounds, lock-free: the
+/// shape Prometheus scrapes (`_bucket{le=..}`, `_sum`, `_count`).
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// One counter per bound, plus one for larger values (not cumulative).
+    counts: Box<[AtomicU64]>,
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+
+    pub fn record(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        let i = self.bounds.partition_point(|&b| b < secs);
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_ns
+            .fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// Cumulative counts per bound (`le`), the total count and the sum in seconds.
+    pub fn cumulative(&self) -> (Vec<(f64, u64)>, u64, f64) {
+        let mut total = 0;
+        let mut out = Vec::with_capacity(self.bounds.len());
+        for (bound, count) in self.bounds.iter().zip(self.counts.iter()) {
+            total += count.load(Relaxed);
+            out.push((*bound, total));
+        }
+        total += self.counts[self.bounds.len()].load(Relaxed);
+        (out, total, self.sum_ns.load(Relaxed) as f64 / 1e9)
+    }
 }
 
 impl Default for Metrics {
@@ -126,6 +173,7 @@ impl Metrics {
             writer_queue,
             writes_ok: AtomicU64::new(0),
             writes_failed: AtomicU64::new(0),
+            commit_latency: Histogram::new(COMMIT_LATENCY_BOUNDS),
             per_device: Mutex::default(),
         }
     }
@@ -210,6 +258,20 @@ impl Metrics {
     }
 }
 
+/// Resident memory of this process in bytes (`VmRSS` of
+/// `/proc/self/status`, which is `statm`'s resident pages already
+/// multiplied by the page size); 0 where there is no procfs.
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
 /// Counter values at one moment; differences of two give rates.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Snapshot {
@@ -243,6 +305,18 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::new(&[0.001, 0.01]);
+        h.record(std::time::Duration::from_micros(500));
+        h.record(std::time::Duration::from_millis(5));
+        h.record(std::time::Duration::from_millis(50));
+        let (buckets, count, sum) = h.cumulative();
+        assert_eq!(buckets, vec![(0.001, 1), (0.01, 2)]);
+        assert_eq!(count, 3);
+        assert!((sum - 0.0555).abs() < 1e-9);
+    }
 
     #[test]
     fn rejections_are_counted_per_reason() {

@@ -28,9 +28,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::anchor::Anchoring;
+use crate::api::ApiError;
 use crate::command::CommandBus;
 use crate::config::GatewayConfig;
 use crate::control::{ControlServer, StatusFn};
+use crate::live::LiveFeed;
 use crate::metrics::Metrics;
 use crate::normalize::Normalizer;
 use crate::store::writer::{ReadingBatch, WriterReport};
@@ -80,6 +82,43 @@ pub struct Gateway {
     idle_sink: Option<SampleSink>,
     writer: WriterHandle,
     shutdown_timeout: std::time::Duration,
+    live: LiveFeed,
+    api_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The gateway's counters and per-driver statistics, shared by the
+/// control socket, the API and `/metrics`. Cheap to clone.
+#[derive(Clone)]
+pub struct Observed {
+    pub metrics: Arc<Metrics>,
+    pub devices: Arc<[Arc<DeviceStats>]>,
+    pub mqtt: Option<Arc<MqttStats>>,
+    pub coap: Option<Arc<CoapStats>>,
+    pub uplink: Option<Arc<UplinkStats>>,
+    pub anchoring: Option<Arc<Anchoring>>,
+}
+
+impl Observed {
+    /// The status the control socket's `devices` request and the API's
+    /// `/v1/status` answer: every device's counters, and the MQTT, CoAP
+    /// and uplink statistics of those that run.
+    pub fn status(&self) -> serde_json::Value {
+        let devices: Vec<_> = self.devices.iter().map(|s| s.snapshot()).collect();
+        let mut status = serde_json::json!({ "devices": devices });
+        if let Some(m) = &self.mqtt {
+            status["mqtt"] = m.to_json();
+        }
+        if let Some(c) = &self.coap {
+            status["coap"] = c.to_json();
+        }
+        if let Some(u) = &self.uplink {
+            status["uplink"] = u.to_json(self.metrics.last_seq.load(Relaxed));
+        }
+        if let Some(a) = &self.anchoring {
+            status["anchor"] = a.to_json();
+        }
+        status
+    }
 }
 
 impl Gateway {
@@ -120,7 +159,10 @@ impl Gateway {
             next_seq = writer.next_seq(),
             "store open"
         );
+        // The live feed keeps `sse_buffer` commits for its slowest subscriber.
+        let live = LiveFeed::new(config.api.as_ref().map_or(256, |a| a.sse_buffer));
         let writer = writer
+            .with_live(live.clone())
             .spawn(reading_rx, &config.store)
             .map_err(StartError::Thread)?;
 
@@ -180,6 +222,8 @@ impl Gateway {
             idle_sink: Some(sample_tx),
             writer,
             shutdown_timeout: config.pipeline.shutdown_timeout,
+            live,
+            api_thread: None,
         })
     }
 
@@ -208,36 +252,62 @@ impl Gateway {
         self.anchoring.as_ref()
     }
 
+    /// What the gateway exposes about itself: the counters and per-driver
+    /// statistics the control socket, the API and `/metrics` report.
+    pub fn observed(&self) -> Observed {
+        Observed {
+            metrics: self.metrics.clone(),
+            devices: self.device_stats.clone(),
+            mqtt: self.mqtt_stats.clone(),
+            coap: self.coap_stats.clone(),
+            uplink: self.uplink.as_ref().map(|(s, _)| s.clone()),
+            anchoring: self.anchoring.clone(),
+        }
+    }
+
+    /// Committed readings as they are stored (the API's stream).
+    pub fn live(&self) -> &LiveFeed {
+        &self.live
+    }
+
     /// Serves the control socket at `path` until shutdown (see
     /// [`crate::control`]).
     pub fn serve_control(&self, path: &Path) -> std::io::Result<PathBuf> {
         let server = ControlServer::bind(path)?;
-        let stats = self.device_stats.clone();
-        let mqtt = self.mqtt_stats.clone();
-        let uplink = self.uplink.as_ref().map(|(s, _)| s.clone());
-        let coap = self.coap_stats.clone();
-        let metrics = self.metrics.clone();
-        let anchoring = self.anchoring.clone();
-        let status: StatusFn = Arc::new(move || {
-            let devices: Vec<_> = stats.iter().map(|s| s.snapshot()).collect();
-            let mut status = serde_json::json!({ "devices": devices });
-            if let Some(m) = &mqtt {
-                status["mqtt"] = m.to_json();
-            }
-            if let Some(c) = &coap {
-                status["coap"] = c.to_json();
-            }
-            if let Some(u) = &uplink {
-                status["uplink"] = u.to_json(metrics.last_seq.load(Relaxed));
-            }
-            if let Some(a) = &anchoring {
-                status["anchor"] = a.to_json();
-            }
-            status
-        });
+        let observed = self.observed();
+        let status: StatusFn = Arc::new(move || observed.status());
         let path = server.path().to_owned();
         tokio::spawn(server.serve(self.commands.clone(), status, self.shutdown.clone()));
         Ok(path)
+    }
+
+    /// Starts the HTTP API of `config.api` (if configured) on a thread of
+    /// its own until shutdown; returns the address it listens on. The
+    /// listener is bound before this returns, so a taken port is an error
+    /// here, not later.
+    pub fn serve_api(
+        &mut self,
+        config: &GatewayConfig,
+        db_path: &Path,
+        state_dir: &Path,
+    ) -> Result<Option<std::net::SocketAddr>, ApiError> {
+        let Some(api) = &config.api else {
+            return Ok(None);
+        };
+        let (address, thread) = crate::api::start(
+            api,
+            crate::api::Wiring {
+                config: config.clone(),
+                db: db_path.to_owned(),
+                token_file: config.token_path(state_dir),
+                commands: self.commands.clone(),
+                observed: self.observed(),
+                live: self.live.clone(),
+            },
+            self.shutdown.clone(),
+        )?;
+        self.api_thread = Some(thread);
+        Ok(Some(address))
     }
 
     pub fn shutdown_token(&self) -> &CancellationToken {
@@ -254,10 +324,14 @@ impl Gateway {
         let tasks = self.tasks;
         let uplink = self.uplink.take().map(|(_, thread)| thread);
         let anchoring = self.anchoring.take();
+        let api = self.api_thread.take();
         let drain = async move {
             tasks.wait().await;
             if let Some(a) = anchoring.and_then(Arc::into_inner) {
                 let _ = tokio::task::spawn_blocking(move || a.join()).await;
+            }
+            if let Some(thread) = api {
+                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
             }
             if let Some(thread) = uplink {
                 let _ = tokio::task::spawn_blocking(move || thread.join()).await;

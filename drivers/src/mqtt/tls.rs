@@ -130,32 +130,44 @@ pub struct ServerTls {
 
 impl ServerTls {
     pub fn server_config(&self) -> Result<ServerConfig, TlsError> {
-        let builder = ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError {
-                path: self.cert.clone(),
-                reason: e.to_string(),
-            })?;
-        let builder = match &self.client_ca {
-            Some(ca) => {
-                let verifier =
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
-                        .build()
-                        .map_err(|e| TlsError {
-                            path: ca.clone(),
-                            reason: e.to_string(),
-                        })?;
-                builder.with_client_cert_verifier(verifier)
-            }
-            None => builder.with_no_client_auth(),
-        };
-        builder
-            .with_single_cert(certs(&self.cert)?, key(&self.key)?)
-            .map_err(|e| TlsError {
-                path: self.key.clone(),
-                reason: e.to_string(),
-            })
+        server_config(&self.cert, &self.key, self.client_ca.as_deref())
     }
+}
+
+/// A rustls server configuration (ring) from PEM files: the certificate
+/// chain, its key and, when clients must present a certificate, the CA
+/// that signs theirs. Shared by the broker's TLS listener and the
+/// gateway's HTTP API.
+pub fn server_config(
+    cert: &Path,
+    key_path: &Path,
+    client_ca: Option<&Path>,
+) -> Result<ServerConfig, TlsError> {
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError {
+            path: cert.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
+                    .build()
+                    .map_err(|e| TlsError {
+                        path: ca.to_owned(),
+                        reason: e.to_string(),
+                    })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    builder
+        .with_single_cert(certs(cert)?, key(key_path)?)
+        .map_err(|e| TlsError {
+            path: key_path.to_owned(),
+            reason: e.to_string(),
+        })
 }
 
 /// Accepts TLS clients on `listener` and relays each, decrypted, to the

@@ -633,14 +633,7 @@ fn cpu_seconds() -> (f64, f64) {
 }
 
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+    biota_gateway::metrics::rss_bytes() / 1024
 }
 
 fn file_mb(path: &Path) -> f64 {

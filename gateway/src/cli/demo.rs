@@ -15,6 +15,7 @@ use biota_drivers::modbus::config::TcpConnectionConfig;
 use biota_drivers::modbus::simulator::SimulatedPlc;
 use biota_drivers::mqtt::simulator as mqtt_simulator;
 use biota_drivers::stats::DeviceState;
+use biota_gateway::api::auth::{self, Scope};
 use biota_gateway::config::GatewayConfig;
 use biota_gateway::store::StoreReader;
 use biota_gateway::systemd::status_line;
@@ -54,6 +55,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let plc = connect_simulated_plc(&mut config)?;
     let mqtt = free_mqtt_port(&mut config)?;
     let coap = free_coap_port(&mut config)?;
+    free_api_port(&mut config)?;
     let temp;
     let dir = match &args.state_dir {
         Some(dir) => dir.clone(),
@@ -92,10 +94,24 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     let on_signal = stop_on_signal(shutdown.clone());
     let started = Instant::now();
-    let gateway = Gateway::start(&config, &db, shutdown.clone())
+    let mut gateway = Gateway::start(&config, &db, shutdown.clone())
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
     tokio::spawn(on_signal);
+    if let Some(api) = gateway.serve_api(&config, &db, &dir)? {
+        let token = auth::create(
+            &config.token_path(&dir),
+            "demo",
+            &[Scope::Read, Scope::Write],
+        )?;
+        println!("  web console      http://{api}/   token (read + write): {token}");
+        println!(
+            "  API              curl -H 'Authorization: Bearer {token}' http://{api}/v1/latest"
+        );
+        println!(
+            "                   (docs/api.md; the API stops with the demo: use --duration 10m to look around)\n"
+        );
+    }
     let ready_after = started.elapsed();
     if let Some(broker) = mqtt {
         mqtt_simulator::start(broker, Duration::from_millis(200), shutdown.clone());
@@ -243,6 +259,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Keeps the API's configured port if it is free, else takes a free one,
+/// so a second demo (or anything on 8080) does not stop this one.
+fn free_api_port(config: &mut GatewayConfig) -> anyhow::Result<()> {
+    let Some(api) = &mut config.api else {
+        return Ok(());
+    };
+    if std::net::TcpListener::bind(api.listen).is_err() {
+        api.listen.set_port(0);
+    }
+    Ok(())
 }
 
 /// Moves the CoAP server (if configured) to a free local UDP port.

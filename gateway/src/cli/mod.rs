@@ -1,5 +1,5 @@
 //! The binary's subcommands beyond `run`: `query` (output formats),
-//! `write` and `devices` (requests to the running gateway),
+//! `write` and `devices` (requests to the running gateway), `token` (API tokens),
 //! `demo` (live terminal view) and `bench` (the benchmark command).
 
 pub mod anchor;
@@ -9,6 +9,7 @@ mod bench_mqtt;
 pub mod control;
 pub mod demo;
 pub mod query;
+pub mod token;
 
 use tokio_util::sync::CancellationToken;
 

@@ -6,8 +6,11 @@ use std::io::Write;
 use anyhow::Context;
 use biota_gateway::Reading;
 
+use biota_gateway::export::{
+    BUCKET_COLUMNS, READING_COLUMNS, bucket_cells, bucket_json, reading_cells, write_csv,
+};
 use biota_gateway::store::{Bucket, Cursor};
-use biota_gateway::time::{format_rfc3339, now_ns, parse_duration, parse_time_arg};
+use biota_gateway::time::{now_ns, parse_duration, parse_time_arg};
 use clap::{Args, Subcommand, ValueEnum};
 
 use super::Failure;
@@ -120,24 +123,6 @@ pub fn run(args: QueryArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-const READING_COLUMNS: [&str; 8] = [
-    "device", "point", "time", "value", "unit", "quality", "seq", "source",
-];
-const BUCKET_COLUMNS: [&str; 7] = ["start", "count", "min", "max", "avg", "first", "last"];
-
-fn reading_cells(r: &Reading) -> [String; 8] {
-    [
-        r.device.to_string(),
-        r.point.to_string(),
-        format_rfc3339(r.ts),
-        r.value.to_string(),
-        r.unit.as_deref().unwrap_or("").to_owned(),
-        r.quality.as_str().to_owned(),
-        r.seq.to_string(),
-        r.source.to_string(),
-    ]
-}
-
 pub fn print_readings(
     out: &mut impl Write,
     format: Format,
@@ -165,32 +150,12 @@ pub fn print_buckets(
 ) -> anyhow::Result<()> {
     match format {
         Format::Json => {
-            let rows: Vec<_> = buckets
-                .iter()
-                .map(|b| {
-                    let mut v = serde_json::to_value(b).unwrap_or_default();
-                    v["time"] = serde_json::json!(format_rfc3339(b.start));
-                    v
-                })
-                .collect();
+            let rows: Vec<_> = buckets.iter().map(bucket_json).collect();
             serde_json::to_writer_pretty(&mut *out, &rows)?;
             writeln!(out)?;
         }
         _ => {
-            let rows: Vec<Vec<String>> = buckets
-                .iter()
-                .map(|b| {
-                    vec![
-                        format_rfc3339(b.start),
-                        b.count.to_string(),
-                        format!("{}", b.min),
-                        format!("{}", b.max),
-                        format!("{:.6}", b.avg),
-                        format!("{}", b.first),
-                        format!("{}", b.last),
-                    ]
-                })
-                .collect();
+            let rows: Vec<Vec<String>> = buckets.iter().map(|b| bucket_cells(b).to_vec()).collect();
             print_rows(out, format, &BUCKET_COLUMNS, &rows)?;
         }
     }
@@ -204,11 +169,7 @@ fn print_rows(
     rows: &[Vec<String>],
 ) -> anyhow::Result<()> {
     if format == Format::Csv {
-        writeln!(out, "{}", header.join(","))?;
-        for row in rows {
-            let cells: Vec<String> = row.iter().map(|c| csv_cell(c)).collect();
-            writeln!(out, "{}", cells.join(","))?;
-        }
+        write_csv(out, header, rows)?;
         return Ok(());
     }
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -234,12 +195,4 @@ fn print_rows(
         writeln!(out, "(no rows)")?;
     }
     Ok(())
-}
-
-fn csv_cell(cell: &str) -> String {
-    if cell.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", cell.replace('"', "\"\""))
-    } else {
-        cell.to_owned()
-    }
 }

@@ -48,6 +48,9 @@ pub const AFTER_SEQ_SQL: &str =
      ORDER BY r.seq
      LIMIT ?2";
 
+/// Devices and their number of series.
+pub const DEVICES_SQL: &str = "SELECT device, count(*) FROM series GROUP BY device ORDER BY device";
+
 const SERIES_SQL: &str = "SELECT id FROM series WHERE device = ?1 AND point = ?2";
 
 /// A row of [`StoreReader::after_seq_checked`]: a reading, or its seq and
@@ -155,6 +158,23 @@ impl StoreReader {
             out.push(self.reading(row, 2, device, point)?);
         }
         Ok(out)
+    }
+
+    /// Every device with stored readings and its number of series
+    /// (points), by device name.
+    pub fn devices(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let what = "listing devices";
+        let mut stmt = self
+            .conn
+            .prepare_cached(DEVICES_SQL)
+            .map_err(sql_err(&self.path, what))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })
+            .map_err(sql_err(&self.path, what))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sql_err(&self.path, what))
     }
 
     /// At most `limit` readings with seq greater than `seq`, in seq order.

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use super::{StoreError, schema, sql_err};
 use crate::cdm::{Reading, Value};
 use crate::config::{RetentionConfig, StoreConfig};
+use crate::live::LiveFeed;
 use crate::metrics::Metrics;
 use crate::time::now_ns;
 
@@ -82,6 +83,8 @@ pub struct StoreWriter {
     wal_max_bytes: u64,
     wal_path: PathBuf,
     metrics: Arc<Metrics>,
+    /// Where committed readings go to live subscribers, if anyone listens.
+    live: Option<LiveFeed>,
 }
 
 /// What the writer thread did, returned when it ends.
@@ -165,7 +168,14 @@ impl StoreWriter {
             wal_max_bytes: config.wal_max_size,
             wal_path: PathBuf::from(wal_path),
             metrics,
+            live: None,
         })
+    }
+
+    /// Publishes every group commit, once durable, on `live`.
+    pub fn with_live(mut self, live: LiveFeed) -> Self {
+        self.live = Some(live);
+        self
     }
 
     /// The seq the next committed reading gets.
@@ -653,10 +663,19 @@ impl StoreWriter {
                     || buffer.len() >= max_readings
                     || oldest.is_some_and(|t| t.elapsed() >= max_delay));
             if due {
+                let started = std::time::Instant::now();
                 match self.commit(&mut buffer) {
                     Ok(()) => {
+                        metrics.commit_latency.record(started.elapsed());
                         committed += buffer.len() as u64;
-                        buffer.clear();
+                        match &self.live {
+                            // Hand the readings over instead of copying them.
+                            Some(live) if live.has_subscribers() => {
+                                let fresh = Vec::with_capacity(buffer.capacity());
+                                live.publish(Arc::new(std::mem::replace(&mut buffer, fresh)));
+                            }
+                            _ => buffer.clear(),
+                        }
                         let last_seq = self.next_seq - 1;
                         for (notice, stored, dropped) in notices.drain(..) {
                             notice.fire(CommitOutcome::Committed {
