@@ -22,7 +22,7 @@ fn reading(i: u64) -> Reading {
     let value = match i % 4 {
         0 => Value::F64(i as f64 / 10.0),
         1 => Value::I64(-(i as i64)),
-        2 => Value::Bool(i % 3 == 0),
+        2 => Value::Bool(i.is_multiple_of(3)),
         _ => Value::Text(format!("state {i}")),
     };
     Reading {
@@ -30,7 +30,7 @@ fn reading(i: u64) -> Reading {
         point: format!("p{}", i % 5).into(),
         ts: T0 + i as i64 * 1_000_000,
         value,
-        unit: (i % 2 == 0).then(|| "Cel".into()),
+        unit: i.is_multiple_of(2).then(|| "Cel".into()),
         quality: Quality::Good,
         seq: 0,
         source: "sim://test".into(),
