@@ -1014,9 +1014,9 @@ pub async fn check_onchain(
                 "transaction",
                 r.status() && block_ok && logged,
                 format!(
-                    "{} in block {:?}: status {}, {} the Anchored event of batch {index}",
+                    "{} in block {}: status {}, {} the Anchored event of batch {index}",
                     anchor.tx_hash,
-                    r.block_number,
+                    r.block_number.map_or("(pending)".into(), |n| n.to_string()),
                     if r.status() { "ok" } else { "reverted" },
                     if logged { "with" } else { "without" }
                 ),

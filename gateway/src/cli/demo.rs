@@ -65,6 +65,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let db = config.db_path(&dir);
+    let chain = match super::demo_chain::find_anvil() {
+        Some(anvil) => Some(
+            super::demo_chain::start(&anvil, &dir, &mut config)
+                .await
+                .context("starting the demo's local chain (anvil)")?,
+        ),
+        None => None,
+    };
     let rate: f64 = config.drivers.sim.as_ref().map_or(0.0, |s| s.total_rate());
     println!("BIOTA Edge gateway demo");
     println!("  state directory  {}", dir.display());
@@ -85,6 +93,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         println!(
             "  CoAP             server at udp {server}: sensor coap-1 posts confirmable SenML packs"
         );
+    }
+    match &chain {
+        Some(c) => println!(
+            "  anchoring        local chain (anvil) at {}, contract {}: batches every 2 s",
+            c.rpc, c.contract
+        ),
+        None => println!(
+            "  anchoring        local hash chain only; for on-chain anchors install anvil \
+             (`cd hil-tests && npm ci`, or set BIOTA_ANVIL_BIN) or configure [anchor.evm]"
+        ),
     }
     println!(
         "  running for      {} (Ctrl-C stops)\n",
@@ -246,6 +264,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         )
         .map_err(Failure::from)?;
     print_buckets(&mut out, Format::Table, &buckets)?;
+    drop(out);
+    super::demo_chain::show_proof(&db, chain.as_ref().map(|c| c.rpc.as_str())).await?;
+    drop(chain);
+    let mut out = std::io::stdout().lock();
     if args.state_dir.is_some() {
         writeln!(
             out,

@@ -8,6 +8,7 @@ pub mod bench_coap;
 mod bench_mqtt;
 pub mod control;
 pub mod demo;
+mod demo_chain;
 pub mod query;
 pub mod token;
 
