@@ -31,6 +31,13 @@ pub struct BenchArgs {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// Sealing (readings hashed into batches), proofs in a large batch and
+    /// their size.
+    Anchor {
+        /// Readings in the batch.
+        #[arg(long, default_value_t = 1_000_000)]
+        batch: u64,
+    },
     /// Durable ingest from the sim driver into the store, as fast as it goes.
     Ingest {
         #[arg(long, default_value = "60s")]
@@ -136,6 +143,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             series,
         } => memory(&dir, &duration, rate, series).await?,
         Bench::Query { series } => query(&dir, series)?,
+        Bench::Anchor { batch } => super::bench_anchor::anchor(&dir, batch)?,
         Bench::Ready { size } => ready(&dir, &size)?,
         Bench::Modbus {
             duration,

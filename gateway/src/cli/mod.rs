@@ -4,6 +4,7 @@
 
 pub mod anchor;
 pub mod bench;
+mod bench_anchor;
 pub mod bench_coap;
 mod bench_mqtt;
 pub mod control;

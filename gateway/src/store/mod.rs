@@ -5,7 +5,9 @@
 //! - [`query`]: readers on their own connections — latest values, time
 //!   ranges with cursors, bucketed aggregates.
 //!
-//! *Architecture invariant:* only the writer writes. Everyone else opens
+//! *Architecture invariant:* only the writer writes readings (the anchorer
+//! writes its own `batches` tables on its own connection, see
+//! `crate::anchor`). Everyone else opens
 //! a [`query::StoreReader`]; WAL mode lets readers run beside the writer.
 
 pub mod query;
