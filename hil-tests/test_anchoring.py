@@ -25,7 +25,7 @@ import pytest
 
 from cdm import reading_struct
 from chain import Anvil, anchor_contract
-from conftest import Gateway, release_bin, run_cli
+from conftest import Gateway, run_cli
 
 
 def gateway_config(rpc: str, contract: str, *, batch: int = 200, age: str = "1s",
@@ -81,9 +81,9 @@ def wait_until(predicate, timeout: float, what: str):
 class Setup:
     """anvil + the contract + a gateway key authorized by the owner."""
 
-    def __init__(self, tmp_path: Path, anvil_args: list[str] | None = None):
+    def __init__(self, tmp_path: Path, binary: Path, anvil_args: list[str] | None = None):
         self.tmp = tmp_path
-        self.bin = release_bin()
+        self.bin = binary
         self.chain = Anvil(tmp_path / "anvil", extra_args=anvil_args)
         self.chain.start()
         self.contract = anchor_contract(self.chain)
@@ -118,15 +118,15 @@ class Setup:
                        "hex(tx_hash), block_number FROM batches ORDER BY idx")
 
     def anchored(self):
-        return [b for b in self.batches() if b[5] is not None]
+        return [b for b in self.batches() if b[5]]  # hex(NULL) is empty
 
     def close(self):
         self.chain.close()
 
 
 @pytest.fixture
-def setup(tmp_path):
-    s = Setup(tmp_path)
+def setup(tmp_path, gateway_bin):
+    s = Setup(tmp_path, gateway_bin)
     yield s
     s.close()
 
@@ -161,7 +161,7 @@ def test_readings_are_anchored_and_proofs_verify_off_and_on_chain(setup: Setup, 
     for i, b in enumerate(batches, start=1):
         assert b[0] == i
         onchain = s.contract.call("batchOf", s.address, i)
-        assert onchain[0].hex().upper() == b[3] and onchain[1].hex().upper() == b[4]
+        assert (onchain[0].hex().upper(), onchain[1].hex().upper()) == (b[3], b[4]), (i, s.address)
     assert s.contract.call("nextIndex", s.address) >= len(batches) + 1
     # Readings sampled across batches: first, last and random ones.
     rng = random.Random(6)
@@ -235,8 +235,8 @@ def test_a_row_changed_in_sqlite_is_named_by_audit_and_its_proof_fails(setup: Se
     assert verify(s, tmp_path / "before.json")[0] == 0
 
 
-def test_chain_outage_and_restart_delay_anchoring_but_lose_nothing(tmp_path):
-    s = Setup(tmp_path, anvil_args=["--block-time", "1"])
+def test_chain_outage_and_restart_delay_anchoring_but_lose_nothing(tmp_path, gateway_bin):
+    s = Setup(tmp_path, gateway_bin, anvil_args=["--block-time", "1"])
     try:
         s.authorize()
         config = s.config(batch=100, confirmations=2, rate=200)
@@ -272,8 +272,8 @@ def test_chain_outage_and_restart_delay_anchoring_but_lose_nothing(tmp_path):
         s.close()
 
 
-def test_a_reorged_anchor_is_sent_again(tmp_path):
-    s = Setup(tmp_path, anvil_args=["--block-time", "1"])
+def test_a_reorged_anchor_is_sent_again(tmp_path, gateway_bin):
+    s = Setup(tmp_path, gateway_bin, anvil_args=["--block-time", "1"])
     try:
         s.authorize()
         # Deep confirmations: anchors stay unconfirmed long enough to be reorged.
