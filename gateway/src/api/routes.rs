@@ -546,20 +546,28 @@ pub async fn stream(
                             .data(json!({ "missed_commits": missed }).to_string());
                         return Some((Ok::<_, Infallible>(event), (sub, true)));
                     }
-                    Next::Readings(readings) => {
-                        let matching: Vec<Json> = readings
-                            .iter()
-                            .filter(|r| device.as_deref().is_none_or(|d| *r.device == *d))
-                            .filter(|r| point.as_deref().is_none_or(|p| *r.point == *p))
-                            .map(Reading::to_json)
-                            .collect();
-                        let Some(last) = matching.last().and_then(|r| r["seq"].as_u64()) else {
-                            continue;
-                        };
+                    Next::Readings(commit) => {
+                        // The commit's JSON is encoded once for all subscribers.
+                        let mut data = String::from("[");
+                        let mut last = None;
+                        for (r, json) in commit.readings.iter().zip(commit.json()) {
+                            if device.as_deref().is_some_and(|d| *r.device != *d)
+                                || point.as_deref().is_some_and(|p| *r.point != *p)
+                            {
+                                continue;
+                            }
+                            if last.is_some() {
+                                data.push(',');
+                            }
+                            data.push_str(json);
+                            last = Some(r.seq);
+                        }
+                        let Some(last) = last else { continue };
+                        data.push(']');
                         let event = Event::default()
                             .event("readings")
                             .id(last.to_string())
-                            .data(Json::Array(matching).to_string());
+                            .data(data);
                         return Some((Ok(event), (sub, false)));
                     }
                 }

@@ -3,6 +3,7 @@
 //! `demo` (live terminal view) and `bench` (the benchmark command).
 
 pub mod bench;
+mod bench_api;
 pub mod bench_coap;
 mod bench_mqtt;
 pub mod control;
