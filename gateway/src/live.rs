@@ -36,7 +36,7 @@ impl Commit {
         self.json.get_or_init(|| {
             self.readings
                 .iter()
-                .map(|r| r.to_json().to_string())
+                .map(|r| serde_json::to_string(&r.json_view()).unwrap_or_default())
                 .collect()
         })
     }
