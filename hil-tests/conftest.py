@@ -532,3 +532,44 @@ def fill_disk(directory: Path, name: str = "filler", chunk: int = 4096) -> Path:
         except OSError:
             pass
     return path
+
+
+# ---------------------------------------------------------------------------
+# The demo with its API (console and schema tests)
+# ---------------------------------------------------------------------------
+
+
+def start_demo(binary: Path, state_dir: Path, duration: str = "120s"):
+    """Starts `biota-gateway demo` and returns (process, console url, token)."""
+    demo = subprocess.Popen(
+        [str(binary), "demo", "--duration", duration, "--state-dir", str(state_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=base_env(),
+    )
+    seen = []
+    deadline = time.monotonic() + 30
+    assert demo.stdout is not None
+    while time.monotonic() < deadline:
+        line = demo.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        match = re.search(r"web console\s+(http://\S+)\s+token \(read \+ write\): (bgw_[0-9a-f]{64})", line)
+        if match:
+            # Keep reading its live lines, or a full pipe would stall it.
+            threading.Thread(target=lambda: [None for _ in demo.stdout], daemon=True).start()
+            return demo, match.group(1), match.group(2)
+    demo.kill()
+    raise AssertionError("the demo printed no console URL and token:\n" + "".join(seen))
+
+
+def stop_demo(demo: subprocess.Popen) -> None:
+    demo.send_signal(signal.SIGINT)
+    try:
+        demo.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        demo.kill()
+        raise

@@ -245,7 +245,17 @@ async function point(id, name) {
       series = body.readings.filter((r) => typeof r.value === "number").map((r) => ({ t: r.ts, min: r.value, max: r.value, avg: r.value }));
       $("#summary").textContent = `${body.readings.length} readings${body.next ? " (first 5000; narrow the range for all)" : ""}`;
     } else {
-      const body = await apiJson(`${base}/aggregate?from=${q.from}&bucket=${q.bucket}`);
+      let body = await apiJson(`${base}/aggregate?from=${q.from}&bucket=${q.bucket}`);
+      // Auto buckets over a range mostly without data (a gateway that just
+      // started): size them to the data there is instead.
+      if ($("#bucket").value === "auto" && body.buckets.length > 0 && body.buckets.length < 60) {
+        const spanMs = Date.now() - body.buckets[0].start / 1e6;
+        const ms = Math.max(10, Math.round(spanMs / 240));
+        if (ms < body.bucket_ns / 1e6) {
+          q.bucket = `${ms}ms`;
+          body = await apiJson(`${base}/aggregate?from=${q.from}&bucket=${q.bucket}`);
+        }
+      }
       series = body.buckets.map((b) => ({ t: b.start, min: b.min, max: b.max, avg: b.avg }));
       const n = body.buckets.reduce((a, b) => a + b.count, 0);
       $("#summary").textContent = `${body.buckets.length} buckets of ${q.bucket}, ${fmtInt(n)} readings`;

@@ -161,6 +161,37 @@ impl Value {
     }
 }
 
+/// A reading's JSON form; see [`Reading::json_view`].
+#[derive(Debug, serde::Serialize)]
+pub struct ReadingJson<'a> {
+    device: &'a str,
+    point: &'a str,
+    ts: i64,
+    time: String,
+    value: JsonValue<'a>,
+    kind: &'static str,
+    unit: Option<&'a str>,
+    quality: &'static str,
+    seq: u64,
+    source: &'a str,
+}
+
+/// A value in JSON: bool, number or text as itself; bytes as `0x`-hex text.
+#[derive(Debug)]
+struct JsonValue<'a>(&'a Value);
+
+impl serde::Serialize for JsonValue<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Value::Bool(b) => s.serialize_bool(*b),
+            Value::I64(i) => s.serialize_i64(*i),
+            Value::F64(f) => s.serialize_f64(*f),
+            Value::Text(t) => s.serialize_str(t),
+            Value::Bytes(_) => s.collect_str(self.0),
+        }
+    }
+}
+
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -301,25 +332,25 @@ impl Reading {
     /// `point`, `ts` (ns), `time` (RFC 3339), `value` (bytes as hex),
     /// `kind`, `unit`, `quality`, `seq`, `source`.
     pub fn to_json(&self) -> serde_json::Value {
-        let value = match &self.value {
-            Value::Bool(b) => serde_json::json!(b),
-            Value::I64(i) => serde_json::json!(i),
-            Value::F64(f) => serde_json::json!(f),
-            Value::Text(t) => serde_json::json!(t),
-            Value::Bytes(_) => serde_json::json!(self.value.to_string()),
-        };
-        serde_json::json!({
-            "device": &*self.device,
-            "point": &*self.point,
-            "ts": self.ts,
-            "time": crate::time::format_rfc3339(self.ts),
-            "value": value,
-            "kind": self.value.kind().as_str(),
-            "unit": self.unit.as_deref(),
-            "quality": self.quality.as_str(),
-            "seq": self.seq,
-            "source": &*self.source,
-        })
+        serde_json::to_value(self.json_view()).unwrap_or_default()
+    }
+
+    /// The same JSON form as [`Reading::to_json`], serialized straight to
+    /// text without building a `serde_json::Value` (the API writes 10,000
+    /// of them per latest-values answer).
+    pub fn json_view(&self) -> ReadingJson<'_> {
+        ReadingJson {
+            device: &self.device,
+            point: &self.point,
+            ts: self.ts,
+            time: crate::time::format_rfc3339(self.ts),
+            value: JsonValue(&self.value),
+            kind: self.value.kind().as_str(),
+            unit: self.unit.as_deref(),
+            quality: self.quality.as_str(),
+            seq: self.seq,
+            source: &self.source,
+        }
     }
 
     /// Checks every rule of `docs/cdm.md` §Validation.

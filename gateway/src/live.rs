@@ -7,15 +7,42 @@
 //! how many commits it missed ([`Next::Lagged`]) and is expected to drop
 //! out. With no subscriber the writer does not even build the message.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::broadcast;
 
 use crate::cdm::Reading;
 
-/// One group commit's readings, in seq order within each series.
-pub type Committed = Arc<Vec<Reading>>;
+/// One group commit's readings, in seq order within each series, and
+/// their JSON, encoded once by the first subscriber that asks and then
+/// shared by all (100 subscribers must not encode every reading 100 times).
+#[derive(Debug)]
+pub struct Commit {
+    pub readings: Vec<Reading>,
+    json: OnceLock<Vec<String>>,
+}
+
+impl Commit {
+    pub fn new(readings: Vec<Reading>) -> Self {
+        Self {
+            readings,
+            json: OnceLock::new(),
+        }
+    }
+
+    /// `Reading::to_json` of each reading, as text, in the same order.
+    pub fn json(&self) -> &[String] {
+        self.json.get_or_init(|| {
+            self.readings
+                .iter()
+                .map(|r| serde_json::to_string(&r.json_view()).unwrap_or_default())
+                .collect()
+        })
+    }
+}
+
+pub type Committed = Arc<Commit>;
 
 /// The writer's end, and where subscriptions start. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -107,7 +134,7 @@ mod tests {
         let mut slow = feed.subscribe(1).expect("first subscriber");
         assert!(feed.subscribe(1).is_none(), "limit of one");
         for _ in 0..5 {
-            feed.publish(Arc::new(Vec::new()));
+            feed.publish(Arc::new(Commit::new(Vec::new())));
         }
         assert!(matches!(slow.next().await, Next::Lagged { missed: 3 }));
         assert!(matches!(slow.next().await, Next::Readings(_)));

@@ -19,7 +19,7 @@ use biota_drivers::RawValue;
 use serde_json::{Value as Json, json};
 
 use super::{ApiState, Authorized, HttpError, Read, Write};
-use crate::cdm::Reading;
+use crate::cdm::{Reading, ReadingJson};
 use crate::command::WriteCommand;
 use crate::export::{
     BUCKET_COLUMNS, READING_COLUMNS, bucket_cells, bucket_json, reading_cells, write_csv,
@@ -145,13 +145,14 @@ fn csv_body<R: AsRef<[String]>>(
     Ok(out)
 }
 
-fn encode(value: &Json) -> Result<Vec<u8>, HttpError> {
-    serde_json::to_vec(value).map_err(|e| HttpError::internal("encoding an answer", &e))
+/// Readings as a JSON array, serialized without an intermediate `Value`.
+fn readings_json(readings: &[Reading]) -> Vec<ReadingJson<'_>> {
+    readings.iter().map(Reading::json_view).collect()
 }
 
-/// Readings as a JSON array, written straight into the body.
-fn readings_json(readings: &[Reading]) -> Json {
-    Json::Array(readings.iter().map(Reading::to_json).collect())
+/// Encodes an answer.
+fn encode(value: &impl serde::Serialize) -> Result<Vec<u8>, HttpError> {
+    serde_json::to_vec(value).map_err(|e| HttpError::internal("encoding an answer", &e))
 }
 
 /// `GET /v1/health`: the process answers (liveness). No token needed.
@@ -316,7 +317,13 @@ pub async fn latest(
     let body = state
         .query(move |r| {
             let readings = r.latest(device.as_deref())?;
-            encode(&json!({ "readings": readings_json(&readings) }))
+            #[derive(serde::Serialize)]
+            struct Latest<'a> {
+                readings: Vec<ReadingJson<'a>>,
+            }
+            encode(&Latest {
+                readings: readings_json(&readings),
+            })
         })
         .await?;
     Ok(json_response(body))
@@ -354,12 +361,19 @@ pub async fn range(
             let body = if csv {
                 csv_body(&READING_COLUMNS, page.readings.iter().map(reading_cells))?
             } else {
-                encode(&json!({
-                    "device": device,
-                    "point": point,
-                    "readings": readings_json(&page.readings),
-                    "next": next,
-                }))?
+                #[derive(serde::Serialize)]
+                struct PageJson<'a> {
+                    device: &'a str,
+                    point: &'a str,
+                    readings: Vec<ReadingJson<'a>>,
+                    next: &'a Option<String>,
+                }
+                encode(&PageJson {
+                    device: &device,
+                    point: &point,
+                    readings: readings_json(&page.readings),
+                    next: &next,
+                })?
             };
             Ok((body, next))
         })
@@ -546,20 +560,28 @@ pub async fn stream(
                             .data(json!({ "missed_commits": missed }).to_string());
                         return Some((Ok::<_, Infallible>(event), (sub, true)));
                     }
-                    Next::Readings(readings) => {
-                        let matching: Vec<Json> = readings
-                            .iter()
-                            .filter(|r| device.as_deref().is_none_or(|d| *r.device == *d))
-                            .filter(|r| point.as_deref().is_none_or(|p| *r.point == *p))
-                            .map(Reading::to_json)
-                            .collect();
-                        let Some(last) = matching.last().and_then(|r| r["seq"].as_u64()) else {
-                            continue;
-                        };
+                    Next::Readings(commit) => {
+                        // The commit's JSON is encoded once for all subscribers.
+                        let mut data = String::from("[");
+                        let mut last = None;
+                        for (r, json) in commit.readings.iter().zip(commit.json()) {
+                            if device.as_deref().is_some_and(|d| *r.device != *d)
+                                || point.as_deref().is_some_and(|p| *r.point != *p)
+                            {
+                                continue;
+                            }
+                            if last.is_some() {
+                                data.push(',');
+                            }
+                            data.push_str(json);
+                            last = Some(r.seq);
+                        }
+                        let Some(last) = last else { continue };
+                        data.push(']');
                         let event = Event::default()
                             .event("readings")
                             .id(last.to_string())
-                            .data(Json::Array(matching).to_string());
+                            .data(data);
                         return Some((Ok(event), (sub, false)));
                     }
                 }

@@ -113,6 +113,22 @@ enum Bench {
         #[arg(long, default_value_t = 10)]
         records: usize,
     },
+    /// The HTTP API: latest of 10,000 points and a 24 h aggregate under
+    /// concurrent clients (p50/p99), and the live stream's fan-out cost.
+    Api {
+        /// Concurrent client connections.
+        #[arg(long, default_value_t = 50)]
+        clients: usize,
+        /// How long each measurement runs.
+        #[arg(long, default_value = "10s")]
+        duration: String,
+        /// Live-stream subscribers.
+        #[arg(long, default_value_t = 100)]
+        subscribers: usize,
+        /// Readings per second committed while they listen.
+        #[arg(long, default_value_t = 10_000)]
+        rate: u32,
+    },
     /// All of the above with their default settings.
     All,
 }
@@ -164,8 +180,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             let duration = parse_duration(&duration).map_err(anyhow::Error::msg)?;
             super::bench_coap::coap(&dir, duration, endpoints, window, records).await?
         }
+        Bench::Api {
+            clients,
+            duration,
+            subscribers,
+            rate,
+        } => {
+            let duration = parse_duration(&duration).map_err(anyhow::Error::msg)?;
+            super::bench_api::api(&dir, clients, duration, subscribers, rate).await?
+        }
         Bench::All => {
             query(&dir, 10_000)?;
+            super::bench_api::api(&dir, 50, Duration::from_secs(10), 100, 10_000).await?;
             memory(&dir, "30s", 10_000, 1000).await?;
             ingest(&dir, "60s", 1000, "full", 64).await?;
             modbus(&dir, "30s", 100, 100).await?;
@@ -178,7 +204,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// A sim config: `series` counters (devices of 100 points) at `rate` in total.
-fn sim_config(series: u32, total_rate: f64, extra: &str) -> anyhow::Result<GatewayConfig> {
+pub(super) fn sim_config(
+    series: u32,
+    total_rate: f64,
+    extra: &str,
+) -> anyhow::Result<GatewayConfig> {
     if series == 0 || !series.is_multiple_of(100) {
         bail!("--series must be a positive multiple of 100, got {series}");
     }
@@ -308,16 +338,17 @@ async fn memory(dir: &Path, duration: &str, rate: u32, series: u32) -> anyhow::R
     Ok(())
 }
 
-fn query(dir: &Path, series: u32) -> anyhow::Result<()> {
-    let db = dir.join("query.db");
-    let _ = std::fs::remove_file(&db);
-    println!("\n## query: {series} series x 10 readings, plus one 1 Hz point over 24 h");
+/// A database of `series` series (devices `dev-N` of 100 points `p-N`)
+/// with 10 readings each, plus `trend`/`t` at 1 Hz over the last 24 h;
+/// returns the 24 h window (start, now). Shared by `bench query` and `bench api`.
+pub(super) fn query_db(db: &Path, series: u32) -> anyhow::Result<(i64, i64)> {
+    let _ = std::fs::remove_file(db);
     let store = StoreConfig {
         synchronous: Synchronous::Normal,
         ..StoreConfig::default()
     };
     let metrics = Arc::new(Metrics::new());
-    let mut writer = StoreWriter::open(&db, &store, metrics)?;
+    let mut writer = StoreWriter::open(db, &store, metrics)?;
     let now = now_ns();
     let source: Arc<str> = Arc::from("sim://bench");
     let unit: Option<Arc<str>> = Some(Arc::from("Cel"));
@@ -364,7 +395,13 @@ fn query(dir: &Path, series: u32) -> anyhow::Result<()> {
             .collect();
         writer.commit(&mut batch)?;
     }
-    drop(writer);
+    Ok((start, now))
+}
+
+fn query(dir: &Path, series: u32) -> anyhow::Result<()> {
+    let db = dir.join("query.db");
+    println!("\n## query: {series} series x 10 readings, plus one 1 Hz point over 24 h");
+    let (start, now) = query_db(&db, series)?;
     let reader = StoreReader::open(&db)?;
     let latest = time_it(20, || reader.latest(None).map(|r| r.len()))?;
     let agg = time_it(20, || {
@@ -610,6 +647,11 @@ fn plan_limit() -> u16 {
 
 /// (CPU seconds of the whole process, CPU seconds of the `plc-simulator` thread).
 fn cpu_seconds() -> (f64, f64) {
+    cpu_seconds_of("plc-simulator")
+}
+
+/// (CPU seconds of the whole process, CPU seconds of the threads named `thread`).
+pub(super) fn cpu_seconds_of(thread: &str) -> (f64, f64) {
     // utime + stime are fields 14 and 15 of /proc/.../stat, in clock ticks (100 Hz on Linux).
     fn ticks(stat: &str) -> f64 {
         let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
@@ -630,7 +672,7 @@ fn cpu_seconds() -> (f64, f64) {
     if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
         for task in tasks.flatten() {
             let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-            if comm.trim() == "plc-simulator" {
+            if comm.trim() == thread {
                 simulator += std::fs::read_to_string(task.path().join("stat"))
                     .map(|s| ticks(&s))
                     .unwrap_or(0.0);
@@ -650,7 +692,7 @@ fn file_mb(path: &Path) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn cores() -> usize {
+pub(super) fn cores() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)

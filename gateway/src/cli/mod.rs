@@ -5,6 +5,7 @@
 pub mod anchor;
 pub mod bench;
 mod bench_anchor;
+mod bench_api;
 pub mod bench_coap;
 mod bench_mqtt;
 pub mod control;

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use super::{StoreError, schema, sql_err};
 use crate::cdm::{Reading, Value};
 use crate::config::{RetentionConfig, StoreConfig};
-use crate::live::LiveFeed;
+use crate::live::{Commit, LiveFeed};
 use crate::metrics::Metrics;
 use crate::time::now_ns;
 
@@ -672,7 +672,10 @@ impl StoreWriter {
                             // Hand the readings over instead of copying them.
                             Some(live) if live.has_subscribers() => {
                                 let fresh = Vec::with_capacity(buffer.capacity());
-                                live.publish(Arc::new(std::mem::replace(&mut buffer, fresh)));
+                                live.publish(Arc::new(Commit::new(std::mem::replace(
+                                    &mut buffer,
+                                    fresh,
+                                ))));
                             }
                             _ => buffer.clear(),
                         }
