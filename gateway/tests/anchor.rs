@@ -137,6 +137,15 @@ fn every_reading_of_a_batch_has_a_proof_that_checks_offline() {
         assert!(checks.iter().all(|c| c.ok), "seq {seq}: {checks:?}");
         assert!(back.anchor.is_none());
     }
+    // The JSON form keeps every f64 bit (serde_json's float_roundtrip):
+    // 101.60000000000001 is not 101.6.
+    let tricky = Value::F64(f64::from_bits(0x4059_6666_6666_6667));
+    let text = serde_json::to_string(&tricky).unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap(),
+        tricky,
+        "{text}"
+    );
     // Not sealed yet / never stored.
     commit(&mut w, 77, 1);
     assert!(matches!(

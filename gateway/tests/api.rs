@@ -584,8 +584,8 @@ async fn metrics_are_prometheus_text_and_can_require_a_token() {
         assert!(value.parse::<f64>().is_ok(), "{line}");
     }
     assert!(
-        !text.contains("biota_anchoring_lag"),
-        "absent until anchoring runs"
+        text.contains("biota_anchoring_lag_seq") && text.contains("biota_anchoring_lag_seconds"),
+        "sealing runs by default"
     );
     h.stop().await;
 
@@ -598,14 +598,58 @@ async fn metrics_are_prometheus_text_and_can_require_a_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn anchoring_routes_answer_until_anchoring_exists() {
-    let h = Harness::start("").await;
+async fn batches_and_proof_bundles_are_served() {
+    let h = Harness::start("[anchor]\nbatch_max_readings = 100\nbatch_max_age = \"200ms\"").await;
     let mut c = h.client(Some(READ)).await;
-    for path in ["/v1/batches", "/v1/batches/0", "/v1/proofs/1"] {
-        let answer = c.get(path).await.unwrap();
-        assert_eq!(answer.status, 503, "{path}");
-        assert_eq!(answer.json()["error"], "anchoring_disabled");
+    let mut batches = Vec::new();
+    for _ in 0..200 {
+        let answer = c.get("/v1/batches").await.unwrap();
+        assert_eq!(answer.status, 200);
+        batches = answer.json()["batches"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if batches.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(batches.len() >= 3, "batches are sealed");
+    // Newest first, chained, each as /v1/batches/{index} gives it.
+    for pair in batches.windows(2) {
+        assert_eq!(
+            pair[0]["index"].as_u64().unwrap(),
+            pair[1]["index"].as_u64().unwrap() + 1
+        );
+        assert_eq!(pair[0]["prev_hash"], pair[1]["hash"]);
+    }
+    let newest = &batches[0];
+    let index = newest["index"].as_u64().unwrap();
+    let one = c.get(&format!("/v1/batches/{index}")).await.unwrap();
+    assert_eq!(one.status, 200);
+    assert_eq!(&one.json(), newest);
+    let page = c
+        .get(&format!("/v1/batches?before={index}&limit=1"))
+        .await
+        .unwrap();
+    assert_eq!(page.json()["batches"][0]["index"], index - 1);
+    let missing = c.get("/v1/batches/0").await.unwrap();
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.json()["error"], json!("not_found"));
+    // A proof bundle of a sealed reading checks offline, as `verify` does.
+    let seq = newest["first_seq"].as_u64().unwrap() + 1;
+    let answer = c.get(&format!("/v1/proofs/{seq}")).await.unwrap();
+    assert_eq!(answer.status, 200);
+    let bundle: biota_gateway::anchor::proof::ProofBundle =
+        serde_json::from_value(answer.json()).unwrap();
+    assert_eq!(bundle.reading.seq, seq);
+    let checks = biota_gateway::anchor::proof::check_offline(&bundle);
+    assert!(checks.iter().all(|c| c.ok), "{checks:?}");
+    let unsealed = c.get("/v1/proofs/999999999").await.unwrap();
+    assert_eq!(unsealed.status, 404);
+    let status = c.get("/v1/status").await.unwrap().json();
+    assert!(status["anchoring"]["batches"].as_u64().unwrap() >= 3);
+    assert!(status["anchoring"]["lag_seq"].is_u64());
     assert_eq!(
         h.client(None)
             .await
@@ -615,6 +659,18 @@ async fn anchoring_routes_answer_until_anchoring_exists() {
             .status,
         401
     );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anchoring_routes_say_when_sealing_is_off() {
+    let h = Harness::start("[anchor]\nenabled = false").await;
+    let mut c = h.client(Some(READ)).await;
+    for path in ["/v1/batches", "/v1/batches/1", "/v1/proofs/1"] {
+        let answer = c.get(path).await.unwrap();
+        assert_eq!(answer.status, 503, "{path}");
+        assert_eq!(answer.json()["error"], "anchoring_disabled");
+    }
     h.stop().await;
 }
 

@@ -197,6 +197,15 @@ impl<'c> Batches<'c> {
             .map_err(sql_err(self.path, what))
     }
 
+    /// The newest batch with a recorded on-chain anchor, if any.
+    pub fn last_anchored(&self) -> Result<Option<Batch>, StoreError> {
+        self.one(
+            "WHERE tx_hash IS NOT NULL AND ?1 = ?1 ORDER BY idx DESC LIMIT 1",
+            0,
+            "finding the last anchored batch",
+        )
+    }
+
     /// The first batch without an on-chain anchor, if any.
     pub fn first_unanchored(&self) -> Result<Option<Batch>, StoreError> {
         self.one(
@@ -237,6 +246,8 @@ pub struct SealStats {
     pub sealed_seq: std::sync::atomic::AtomicU64,
     /// Readings retention deleted before they could be sealed.
     pub lost_to_retention: std::sync::atomic::AtomicU64,
+    /// When the last batch was sealed (UTC ns; 0 none in this run).
+    pub last_sealed_at: std::sync::atomic::AtomicI64,
 }
 
 /// Seals committed readings into batches; owns the batch tables' writes.
@@ -407,6 +418,7 @@ impl Sealer {
         self.pending_since = None;
         self.stats.batches.store(self.next_index - 1, Relaxed);
         self.stats.sealed_seq.store(last, Relaxed);
+        self.stats.last_sealed_at.store(now, Relaxed);
         Ok(())
     }
 

@@ -372,6 +372,13 @@ impl Anchorer {
         let conn = crate::store::schema::open_side_writer(db, synchronous)?;
         let stats = Arc::new(ChainStats::default());
         *stats.address.lock().expect("not poisoned") = signer.address().to_string();
+        if let Some(last) = Batches::new(&conn, db).last_anchored()? {
+            stats.confirmed_batch.store(last.index, Relaxed);
+            stats.anchored_seq.store(last.last_seq, Relaxed);
+            if let Some(a) = &last.anchor {
+                stats.last_anchored_at.store(a.anchored_at, Relaxed);
+            }
+        }
         Ok(Self {
             config,
             provider,

@@ -56,6 +56,8 @@ pub struct Anchoring {
     pub seal: Arc<batch::SealStats>,
     pub chain: Option<Arc<chain::ChainStats>>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// UTC ns.
+    started_at: i64,
 }
 
 impl Anchoring {
@@ -126,6 +128,7 @@ impl Anchoring {
             seal,
             chain: chain_stats,
             threads,
+            started_at: crate::time::now_ns(),
         })
     }
 
@@ -140,6 +143,30 @@ impl Anchoring {
             v["chain"] = c.to_json();
         }
         v
+    }
+
+    /// How far anchoring is behind `last_seq` (the last committed reading):
+    /// readings not yet anchored on-chain (not yet sealed, with no chain),
+    /// and the seconds since anchoring last made progress (0 when caught up).
+    pub fn lag(&self, last_seq: u64) -> (u64, f64) {
+        let (done, at) = match &self.chain {
+            Some(c) => (
+                c.anchored_seq.load(Relaxed),
+                c.last_anchored_at.load(Relaxed),
+            ),
+            None => (
+                self.seal.sealed_seq.load(Relaxed),
+                self.seal.last_sealed_at.load(Relaxed),
+            ),
+        };
+        let behind = last_seq.saturating_sub(done);
+        let seconds = if behind == 0 {
+            0.0
+        } else {
+            let since = if at > 0 { at } else { self.started_at };
+            (crate::time::now_ns() - since).max(0) as f64 / 1e9
+        };
+        (behind, seconds)
     }
 
     /// Waits for the threads (after shutdown).

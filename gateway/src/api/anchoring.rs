@@ -1,49 +1,34 @@
 //! Batches, anchors and proof bundles over HTTP: `/v1/batches`,
-//! `/v1/batches/{index}`, `/v1/proofs/{seq}`.
-//!
-//! The anchoring itself (issue #6) is being built beside this; until it
-//! lands these routes check their parameters and the token like every
-//! other route, then answer 503 `anchoring_disabled`. The paths and
-//! answers are fixed in `docs/openapi.json`, which is what the console's
-//! anchoring page and the tests already use.
-//!
-//! TODO(#6): the lead's anchoring module provides, on `ApiState` (through
-//! `Wiring`), something shaped like
-//!
-//! ```ignore
-//! pub trait AnchorView: Send + Sync {
-//!     /// Newest first, at most `limit`, before batch `before` if given.
-//!     fn batches(&self, before: Option<u64>, limit: usize) -> Result<Vec<BatchSummary>, AnchorError>;
-//!     fn batch(&self, index: u64) -> Result<Option<BatchDetail>, AnchorError>;
-//!     /// The reading, its leaf hash, the Merkle path, the batch and its anchor
-//!     /// (`docs/anchoring.md`); `None` while the reading is not sealed yet.
-//!     fn proof(&self, seq: u64) -> Result<Option<ProofBundle>, AnchorError>;
-//!     /// Seq and seconds between the last committed and the last anchored reading.
-//!     fn lag(&self) -> Option<(u64, f64)>;
-//! }
-//! ```
-//!
-//! with serde-serialisable results; then `batches`, `batch` and `proof`
-//! below answer from it (404 `not_found` for an unknown batch or an
-//! unsealed/deleted seq), `status` reports the lag, and
-//! `prometheus::metrics` fills the `biota_anchoring_lag_*` gauges.
+//! `/v1/batches/{index}`, `/v1/proofs/{seq}` (docs/anchoring.md), and the
+//! anchoring part of `/v1/status` and `/metrics`.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value as Json, json};
 
-use super::routes::Params;
+use super::routes::{Params, encode, json_response};
 use super::{ApiState, Authorized, HttpError, Read};
+use crate::anchor::batch::Batches;
+use crate::anchor::proof::{self, ProofError};
 
 fn disabled() -> HttpError {
     HttpError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "anchoring_disabled",
-        "anchoring is not enabled on this gateway",
+        "anchoring is not enabled on this gateway ([anchor] enabled = false)",
     )
+}
+
+fn enabled(state: &ApiState) -> Result<(), HttpError> {
+    if state.config.anchor.enabled {
+        Ok(())
+    } else {
+        Err(disabled())
+    }
 }
 
 fn index_param(name: &str, value: &str) -> Result<u64, HttpError> {
@@ -52,55 +37,110 @@ fn index_param(name: &str, value: &str) -> Result<u64, HttpError> {
     })
 }
 
-/// `GET /v1/batches?limit&before`.
+/// `GET /v1/batches?limit&before`: newest first.
 pub async fn batches(
     _: Authorized<Read>,
-    State(_state): State<Arc<ApiState>>,
+    State(state): State<Arc<ApiState>>,
     params: Params,
 ) -> Result<Response, HttpError> {
     params.only(&["limit", "before"])?;
-    params.number("limit", 50, 1000)?;
-    if let Some(before) = params.get("before") {
-        index_param("before", before)?;
-    }
-    // TODO(#6): `state.anchors.batches(before, limit)` as `{"batches": [...]}`.
-    Err(disabled())
+    let limit = params.number("limit", 50, 1000)?;
+    let before = match params.get("before") {
+        Some(before) => index_param("before", before)?,
+        None => u64::MAX,
+    };
+    enabled(&state)?;
+    let body = state
+        .query(move |r| {
+            let batches = Batches::new(r.connection(), r.path()).newest(before, limit)?;
+            encode(&json!({ "batches": batches }))
+        })
+        .await?;
+    Ok(json_response(body))
 }
 
 /// `GET /v1/batches/{index}`.
 pub async fn batch(
     _: Authorized<Read>,
-    State(_state): State<Arc<ApiState>>,
+    State(state): State<Arc<ApiState>>,
     Path(index): Path<String>,
     params: Params,
 ) -> Result<Response, HttpError> {
     params.only(&[])?;
-    index_param("index", &index)?;
-    // TODO(#6): `state.anchors.batch(index)`, 404 `not_found` when absent.
-    Err(disabled())
+    let index = index_param("index", &index)?;
+    enabled(&state)?;
+    let body = state
+        .query(
+            move |r| match Batches::new(r.connection(), r.path()).by_index(index)? {
+                Some(b) => encode(&b),
+                None => Err(HttpError::not_found(format!("no batch {index}"))),
+            },
+        )
+        .await?;
+    Ok(json_response(body))
 }
 
 /// `GET /v1/proofs/{seq}`: the proof bundle `biota-gateway verify` checks.
 pub async fn proof(
     _: Authorized<Read>,
-    State(_state): State<Arc<ApiState>>,
+    State(state): State<Arc<ApiState>>,
     Path(seq): Path<String>,
     params: Params,
 ) -> Result<Response, HttpError> {
     params.only(&[])?;
-    index_param("seq", &seq)?;
-    // TODO(#6): `state.anchors.proof(seq)`, 404 `not_found` when not sealed.
-    Err(disabled())
+    let seq = index_param("seq", &seq)?;
+    enabled(&state)?;
+    let cache = state.clone();
+    let body = state
+        .query(move |r| {
+            let mut trees = cache.proof_trees.lock().unwrap_or_else(|e| e.into_inner());
+            match proof::bundle(r, r.path(), &mut trees, seq) {
+                Ok((bundle, true)) => encode(&bundle),
+                Ok((bundle, false)) => Err(HttpError::new(
+                    StatusCode::CONFLICT,
+                    "altered",
+                    format!(
+                        "reading seq {seq} differs from the one sealed in batch {}: it was altered \
+                         after sealing, so no valid proof exists (run `biota-gateway audit`)",
+                        bundle.batch.index
+                    ),
+                )),
+                Err(e @ (ProofError::NoReading(_) | ProofError::NotSealed(_))) => {
+                    Err(HttpError::not_found(e.to_string()))
+                }
+                Err(ProofError::NoLeaves(index)) => Err(HttpError::new(
+                    StatusCode::GONE,
+                    "retired",
+                    format!("retention deleted batch {index}'s readings and leaves"),
+                )),
+                Err(e @ ProofError::LeafCount { .. }) => Err(HttpError::new(
+                    StatusCode::CONFLICT,
+                    "altered",
+                    e.to_string(),
+                )),
+                Err(ProofError::Store(e)) => Err(e.into()),
+            }
+        })
+        .await?;
+    Ok(json_response(body))
 }
 
-/// Anchoring in `/v1/status`: `null` until #6.
-pub fn status(_state: &ApiState) -> Json {
-    // TODO(#6): `{"last_batch": .., "lag_seq": .., "lag_seconds": ..}` from `state.anchors.lag()`.
-    json!(null)
+/// Anchoring in `/v1/status`: the sealer, the chain and the lag; `null`
+/// when sealing is off.
+pub fn status(state: &ApiState) -> Json {
+    let Some(a) = &state.observed.anchoring else {
+        return json!(null);
+    };
+    let mut v = a.to_json();
+    let (lag_seq, lag_seconds) = a.lag(state.observed.metrics.last_seq.load(Relaxed));
+    v["lag_seq"] = json!(lag_seq);
+    v["lag_seconds"] = json!(lag_seconds);
+    v
 }
 
-/// (lag in seq, lag in seconds) for `/metrics`; absent until #6.
-pub fn lag(_state: &ApiState) -> Option<(u64, f64)> {
-    // TODO(#6): `state.anchors.lag()`.
-    None
+/// (readings not yet anchored, seconds since anchoring last progressed)
+/// for `/metrics`; absent when sealing is off.
+pub fn lag(state: &ApiState) -> Option<(u64, f64)> {
+    let a = state.observed.anchoring.as_ref()?;
+    Some(a.lag(state.observed.metrics.last_seq.load(Relaxed)))
 }

@@ -5,7 +5,7 @@
 //! - [`auth`]: bearer tokens, scopes, the token file.
 //! - [`routes`]: devices, latest values, ranges, aggregates, writes, the stream.
 //! - [`prometheus`]: `/metrics` in the Prometheus text format.
-//! - [`anchoring`]: batches and proofs (issue #6 fills them in).
+//! - [`anchoring`]: batches, anchors and proof bundles.
 //! - [`console`]: the embedded web console.
 //! - [`client`]: a small HTTP/1.1 client for the tests and `bench api`.
 //! - [`server`]: the accept loop (plain HTTP or rustls), connection limit,
@@ -82,6 +82,8 @@ pub struct ApiState {
     pub tokens: Tokens,
     pub shutdown: CancellationToken,
     readers: Mutex<Vec<StoreReader>>,
+    /// The tree of the batch proofs were last asked for.
+    pub proof_trees: Mutex<crate::anchor::proof::TreeCache>,
 }
 
 /// Readers kept open between requests.
@@ -99,6 +101,7 @@ impl ApiState {
             live: wiring.live,
             shutdown,
             readers: Mutex::new(Vec::new()),
+            proof_trees: Mutex::default(),
         }
     }
 

@@ -128,7 +128,7 @@ impl Params {
     }
 }
 
-fn json_response(body: Vec<u8>) -> Response {
+pub(super) fn json_response(body: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
@@ -151,7 +151,7 @@ fn readings_json(readings: &[Reading]) -> Vec<ReadingJson<'_>> {
 }
 
 /// Encodes an answer.
-fn encode(value: &impl serde::Serialize) -> Result<Vec<u8>, HttpError> {
+pub(super) fn encode(value: &impl serde::Serialize) -> Result<Vec<u8>, HttpError> {
     serde_json::to_vec(value).map_err(|e| HttpError::internal("encoding an answer", &e))
 }
 
