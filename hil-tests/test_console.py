@@ -38,7 +38,7 @@ def test_console_in_chromium(release_bin: Path, tmp_path: Path) -> None:
     lines = [l for l in run.stdout.splitlines() if l.startswith("{")]
     assert lines, f"no findings from the browser script:\n{run.stdout}\n{run.stderr}"
     findings = json.loads(lines[-1])
-    assert findings["ok"], f"{findings.get('error')}\n{run.stderr}"
+    assert findings["ok"], f"{findings.get('error')}\npage: {findings.get('page_text')}\n{run.stderr}"
     assert run.returncode == 0
     assert findings["live_value_changed"]
     assert findings["foreign_requests"] == []

@@ -252,6 +252,8 @@ async function point(id, name) {
         const spanMs = Date.now() - body.buckets[0].start / 1e6;
         const ms = Math.max(10, Math.round(spanMs / 240));
         if (ms < body.bucket_ns / 1e6) {
+          // Only where the data is: the whole range in such buckets may be too many.
+          q.from = String(body.buckets[0].start);
           q.bucket = `${ms}ms`;
           body = await apiJson(`${base}/aggregate?from=${q.from}&bucket=${q.bucket}`);
         }

@@ -109,6 +109,12 @@ try {
 } catch (e) {
   findings.ok = false;
   findings.error = String(e && e.stack || e);
+  // What the page showed when the check failed.
+  const [page] = browser.contexts().flatMap((c) => c.pages());
+  if (page) {
+    findings.page_text = (await page.textContent("#main").catch(() => "")).slice(0, 2000);
+    await page.screenshot({ path: join(artifacts, "failure.png") }).catch(() => {});
+  }
 } finally {
   await browser.close();
 }

@@ -86,6 +86,9 @@ pub struct ApiState {
     pub proof_trees: Mutex<crate::anchor::proof::TreeCache>,
 }
 
+/// Worker threads of the API's runtime.
+const API_WORKERS: usize = 2;
+
 /// Readers kept open between requests.
 const IDLE_READERS: usize = 8;
 
@@ -158,15 +161,30 @@ pub fn start(
     let state = Arc::new(ApiState::new(api.clone(), wiring, shutdown.clone()));
     let router = router(state);
     let max_connections = api.max_connections;
-    let thread = biota_drivers::spawn_on_own_runtime("api", move || async move {
-        match tokio::net::TcpListener::from_std(listener) {
-            Ok(listener) => {
-                server::serve(listener, tls, router, max_connections, shutdown).await;
-            }
-            Err(e) => tracing::error!(error = %e, "API: cannot use its listener"),
-        }
-    })
-    .map_err(ApiError::Thread)?;
+    // Its own runtime, on threads named `api`: two workers, so answers are
+    // encoded and written on both cores of a gateway while queries run
+    // on the runtime's blocking pool.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(API_WORKERS)
+        .thread_name("api")
+        .enable_all()
+        .build()
+        .map_err(ApiError::Thread)?;
+    let thread = std::thread::Builder::new()
+        .name("api".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => {
+                        server::serve(listener, tls, router, max_connections, shutdown).await;
+                    }
+                    Err(e) => tracing::error!(error = %e, "API: cannot use its listener"),
+                }
+            });
+            // Connections still open after the drain end with the runtime.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+        })
+        .map_err(ApiError::Thread)?;
     tracing::info!(%address, tls = api.tls.is_some(), "API listening");
     Ok((address, thread))
 }

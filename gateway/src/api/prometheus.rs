@@ -156,6 +156,14 @@ pub fn render(state: &ApiState) -> String {
         }
     }
     if let Some(coap) = &observed.coap {
+        out.family(
+            "biota_coap_rejected_total",
+            "counter",
+            "CoAP requests rejected, by reason.",
+        );
+        for (reason, count) in coap.rejected() {
+            out.sample("biota_coap_rejected_total", &[("reason", reason)], count);
+        }
         let status = coap.to_json();
         for field in [
             "datagrams",
