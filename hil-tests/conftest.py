@@ -540,15 +540,18 @@ def fill_disk(directory: Path, name: str = "filler", chunk: int = 4096) -> Path:
 
 
 def start_demo(binary: Path, state_dir: Path, duration: str = "120s"):
-    """Starts `biota-gateway demo` and returns (process, console url, token)."""
+    """Starts `biota-gateway demo` and returns (process, console url, token);
+    `process.anvil_rpc` is the demo's local chain (None without anvil)."""
     demo = subprocess.Popen(
         [str(binary), "demo", "--duration", duration, "--state-dir", str(state_dir)],
+        cwd=REPO,  # the demo finds anvil in hil-tests/node_modules
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         text=True,
         env=base_env(),
     )
+    demo.anvil_rpc = None
     seen = []
     deadline = time.monotonic() + 30
     assert demo.stdout is not None
@@ -557,6 +560,9 @@ def start_demo(binary: Path, state_dir: Path, duration: str = "120s"):
         if not line:
             break
         seen.append(line)
+        chain = re.search(r"anchoring\s+local chain \(anvil\) at (http://\S+),", line)
+        if chain:
+            demo.anvil_rpc = chain.group(1)
         match = re.search(r"web console\s+(http://\S+)\s+token \(read \+ write\): (bgw_[0-9a-f]{64})", line)
         if match:
             # Keep reading its live lines, or a full pipe would stall it.

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from conftest import REPO, start_demo, stop_demo
+from conftest import REPO, run_cli, start_demo, stop_demo
 
 HERE = Path(__file__).resolve().parent
 ARTIFACTS = REPO / "test-artifacts" / "console"
@@ -33,6 +33,11 @@ def test_console_in_chromium(release_bin: Path, tmp_path: Path) -> None:
             cwd=HERE,
             stdin=subprocess.DEVNULL,
         )
+        # The proof the console downloaded verifies on the demo's chain,
+        # checked by the CLI while that chain still runs.
+        assert demo.anvil_rpc, "the demo started no local chain (anvil is installed by scripts/test)"
+        proof = ARTIFACTS / "proof.json"
+        verified = run_cli(release_bin, "verify", str(proof), "--rpc", demo.anvil_rpc) if proof.is_file() else None
     finally:
         stop_demo(demo)
     lines = [l for l in run.stdout.splitlines() if l.startswith("{")]
@@ -42,7 +47,9 @@ def test_console_in_chromium(release_bin: Path, tmp_path: Path) -> None:
     assert run.returncode == 0
     assert findings["live_value_changed"]
     assert findings["foreign_requests"] == []
-    assert "anchoring is not enabled" in findings["anchoring"]
+    assert "anchored: block" in findings["anchoring"]
+    assert verified is not None and verified.returncode == 0, verified and verified.stdout + verified.stderr
+    assert verified.stdout.strip().endswith("verified") and "NOT" not in verified.stdout
     for name in ["login", "overview", "devices", "device", "point", "anchoring"]:
         shot = ARTIFACTS / f"{name}.png"
         assert shot.is_file() and shot.stat().st_size > 5_000, f"screenshot {shot}"

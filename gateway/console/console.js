@@ -318,10 +318,17 @@ async function anchoring() {
     $("#batches").innerHTML = `<div class="empty">No batches: ${esc(body.message || res.statusText)}.</div>`;
     return;
   }
+  const chain = (b) => b.anchor
+    ? `anchored: block ${b.anchor.block_number}, tx ${b.anchor.tx_hash.slice(0, 10)}…`
+    : "sealed; not anchored on-chain yet";
   $("#batches").innerHTML = body.batches.length
-    ? `<table><thead><tr><th>Batch</th><th>Seq range</th><th>Merkle root</th><th>Chain status</th></tr></thead><tbody>${body.batches.map((b) =>
-        `<tr><td>${esc(b.index)}</td><td>${esc(b.first_seq ?? "")}–${esc(b.last_seq ?? "")}</td><td><code>${esc(b.root ?? "")}</code></td><td>${esc(b.status ?? "")}</td></tr>`).join("")}</tbody></table>`
-    : `<div class="empty">No batches yet.</div>`;
+    ? `<table><thead><tr><th>Batch</th><th>Seq range</th><th>Merkle root</th><th>Chain status</th><th></th></tr></thead><tbody>${body.batches.map((b) =>
+        `<tr class="${b.anchor ? "anchored" : "sealed"}"><td>${esc(b.index)}</td><td>${esc(b.first_seq)}–${esc(b.last_seq)}</td><td><code>${esc(b.root.slice(0, 18))}…</code></td><td>${esc(chain(b))}</td>` +
+        `<td><button type="button" class="proof" data-seq="${esc(b.first_seq)}">Proof of seq ${esc(b.first_seq)}</button></td></tr>`).join("")}</tbody></table>`
+    : `<div class="empty">No batches yet: readings are sealed by count or after [anchor] batch_max_age.</div>`;
+  for (const button of document.querySelectorAll("#batches button.proof")) {
+    button.addEventListener("click", () => { $("#proof-seq").value = button.dataset.seq; $("#proof-form").requestSubmit(); });
+  }
 }
 
 // ---------------------------------------------------------------- shell

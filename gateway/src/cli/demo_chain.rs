@@ -65,6 +65,8 @@ pub async fn start(
     dir: &Path,
     config: &mut GatewayConfig,
 ) -> anyhow::Result<LocalChain> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
     let port = std::net::TcpListener::bind(("127.0.0.1", 0))?
         .local_addr()?
         .port();
