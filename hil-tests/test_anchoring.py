@@ -9,6 +9,8 @@ local chain (anvil, from npm), through the contract compiled by solc-js.
 - anvil stopped during ingest, the gateway restarted once in between:
   afterwards every batch is anchored, in order, none twice;
 - a reorg (anvil snapshot/revert) that drops an anchor: the gateway re-sends;
+- a transaction stuck in the pool (automine off) is replaced, same nonce,
+  higher fees, and the batch is anchored once;
 - a gateway whose address the contract does not authorize anchors nothing
   and says why.
 """
@@ -315,3 +317,35 @@ def test_an_unauthorized_gateway_anchors_nothing_and_says_why(setup: Setup):
     finally:
         assert gw.stop() == 0
     assert "not authorized" in gw.stderr()
+
+
+def test_a_stuck_transaction_is_sent_again_with_higher_fees(tmp_path, gateway_bin):
+    s = Setup(tmp_path, gateway_bin)
+    try:
+        s.authorize()
+        # From now on no automatic mining: the anchor transaction waits in
+        # anvil's pool until the test mines.
+        s.chain.rpc("evm_setAutomine", False)
+        gw = s.start(s.config(batch=100, confirmations=1))
+
+        def chain_status():
+            out = run_cli(s.bin, "devices", "--state-dir", str(s.state), "--json")
+            return json.loads(out.stdout)["anchor"]["chain"] if out.returncode == 0 else {}
+
+        # resubmit_after is 5 s in the test config.
+        wait_until(lambda: chain_status().get("resubmissions", 0) >= 1, 40, "a re-sent transaction")
+        pending = s.chain.rpc("txpool_content")["pending"]
+        ours = next(v for k, v in pending.items() if k.lower() == s.address)
+        assert len(ours) == 1, "the replacement took the place of the first (same nonce)"
+        tx = next(iter(ours.values()))
+        assert int(tx["maxFeePerGas"], 16) > 0
+        for _ in range(3):
+            s.chain.rpc("evm_mine")
+        wait_until(lambda: s.anchored(), 30, "the re-sent anchor mined and confirmed")
+        assert gw.stop() == 0
+        logs = s.chain.rpc("eth_getLogs", {"address": s.contract.address, "fromBlock": "0x0",
+                                           "toBlock": "latest"})
+        indexes = [e["index"] for e in s.contract.events({"logs": logs}, "Anchored")]
+        assert indexes == sorted(set(indexes)), "no batch anchored twice"
+    finally:
+        s.close()
