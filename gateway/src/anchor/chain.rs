@@ -608,6 +608,19 @@ impl Anchorer {
             .get_transaction_count(self.address())
             .await
             .map_err(self.rpc())?;
+        if mined_nonce < f.nonce {
+            // Only one transaction is ever in flight, sent with the mined
+            // count as its nonce: a lower count now means a reorg dropped
+            // earlier anchors, and this one can never be mined. Start again
+            // from what the contract holds.
+            tracing::warn!(
+                nonce = f.nonce,
+                chain_nonce = mined_nonce,
+                "a reorg dropped earlier anchor transactions; sending again"
+            );
+            self.inflight = None;
+            return Ok(true);
+        }
         if mined_nonce > f.nonce {
             // Another transaction with this nonce was mined (one sent
             // before a restart): the contract's next index tells the rest.
@@ -702,7 +715,24 @@ impl Anchorer {
             first_index: first.index,
             batches: batches.len(),
         };
-        let hash = self.send(&f).await?;
+        // A transaction of ours with this nonce may still be pooled (sent
+        // before a restart, or put back by a reorg): replace it with higher
+        // fees, within the caps.
+        let (cap, tip_cap) = self.caps();
+        let mut attempt = 0;
+        let hash = loop {
+            match self.send(&f).await {
+                Ok(hash) => break hash,
+                Err(e) if underpriced(&e) && attempt < 4 && f.max_fee < cap => {
+                    attempt += 1;
+                    f.max_fee = (f.max_fee + f.max_fee / 4 + 1).min(cap);
+                    f.priority = (f.priority + f.priority / 4 + 1)
+                        .min(tip_cap)
+                        .min(f.max_fee);
+                }
+                Err(e) => return Err(e),
+            }
+        };
         f.hashes.push(hash);
         tracing::info!(
             tx = %hash,
@@ -792,11 +822,27 @@ async fn send_signed(
     let envelope = TxEnvelope::from(tx.into_signed(signature));
     let hash = *envelope.tx_hash();
     // The pending-transaction handle is not needed: callers follow the hash.
-    let _pending = provider
+    match provider
         .send_raw_transaction(&envelope.encoded_2718())
         .await
-        .map_err(rpc_err(rpc))?;
-    Ok(hash)
+    {
+        Ok(_pending) => Ok(hash),
+        // The very same transaction is in the pool already (sent before a
+        // restart, or put back by a reorg): follow it.
+        Err(e) if already_known(&e.to_string()) => Ok(hash),
+        Err(e) => Err(rpc_err(rpc)(e)),
+    }
+}
+
+fn already_known(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("already known") || m.contains("already imported") || m.contains("already exists")
+}
+
+/// A node's refusal to replace a pooled transaction of the same nonce
+/// whose fees are not enough higher.
+fn underpriced(e: &ChainError) -> bool {
+    matches!(e, ChainError::Rpc { reason, .. } if reason.to_ascii_lowercase().contains("underpriced"))
 }
 
 /// Sends one transaction and waits (up to a minute) for its receipt: for
