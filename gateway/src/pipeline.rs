@@ -327,7 +327,7 @@ impl Gateway {
         let api = self.api_thread.take();
         let drain = async move {
             tasks.wait().await;
-            if let Some(a) = anchoring.and_then(Arc::into_inner) {
+            if let Some(a) = anchoring {
                 let _ = tokio::task::spawn_blocking(move || a.join()).await;
             }
             if let Some(thread) = api {

@@ -128,7 +128,7 @@ fn every_reading_of_a_batch_has_a_proof_that_checks_offline() {
     let reader = StoreReader::open(&path).unwrap();
     let mut cache = TreeCache::default();
     for seq in 1..=77 {
-        let (bundle, matches) = proof::bundle(&reader, &path, &mut cache, seq).unwrap();
+        let (bundle, matches) = proof::bundle(&reader, &mut cache, seq).unwrap();
         assert!(matches);
         // The bundle survives JSON (what `verify` reads) unchanged.
         let text = serde_json::to_string(&bundle).unwrap();
@@ -149,11 +149,11 @@ fn every_reading_of_a_batch_has_a_proof_that_checks_offline() {
     // Not sealed yet / never stored.
     commit(&mut w, 77, 1);
     assert!(matches!(
-        proof::bundle(&reader, &path, &mut cache, 78),
+        proof::bundle(&reader, &mut cache, 78),
         Err(proof::ProofError::NotSealed(78))
     ));
     assert!(matches!(
-        proof::bundle(&reader, &path, &mut cache, 1000),
+        proof::bundle(&reader, &mut cache, 1000),
         Err(proof::ProofError::NoReading(1000))
     ));
 }

@@ -136,15 +136,20 @@ impl<'c> Batches<'c> {
         Self { conn, path }
     }
 
-    fn one(&self, sql: &str, arg: i64, what: &'static str) -> Result<Option<Batch>, StoreError> {
+    fn one(
+        &self,
+        sql: &str,
+        args: impl rusqlite::Params,
+        what: &'static str,
+    ) -> Result<Option<Batch>, StoreError> {
         self.conn
             .prepare_cached(&format!("SELECT {BATCH_COLUMNS} FROM batches {sql}"))
-            .and_then(|mut s| s.query_row([arg], batch_row).optional())
+            .and_then(|mut s| s.query_row(args, batch_row).optional())
             .map_err(sql_err(self.path, what))
     }
 
     pub fn by_index(&self, index: u64) -> Result<Option<Batch>, StoreError> {
-        self.one("WHERE idx = ?1", index as i64, "reading a batch")
+        self.one("WHERE idx = ?1", [index as i64], "reading a batch")
     }
 
     /// The batch whose range holds `seq`.
@@ -152,18 +157,14 @@ impl<'c> Batches<'c> {
         Ok(self
             .one(
                 "WHERE last_seq >= ?1 ORDER BY last_seq LIMIT 1",
-                seq as i64,
+                [seq as i64],
                 "finding a reading's batch",
             )?
             .filter(|b| b.first_seq <= seq))
     }
 
     pub fn last(&self) -> Result<Option<Batch>, StoreError> {
-        self.one(
-            "WHERE idx = (SELECT max(idx) FROM batches) AND ?1 = ?1",
-            0,
-            "reading the last batch",
-        )
+        self.one("ORDER BY idx DESC LIMIT 1", [], "reading the last batch")
     }
 
     /// Up to `limit` batches with index above `after`, in order.
@@ -200,8 +201,8 @@ impl<'c> Batches<'c> {
     /// The newest batch with a recorded on-chain anchor, if any.
     pub fn last_anchored(&self) -> Result<Option<Batch>, StoreError> {
         self.one(
-            "WHERE tx_hash IS NOT NULL AND ?1 = ?1 ORDER BY idx DESC LIMIT 1",
-            0,
+            "WHERE tx_hash IS NOT NULL ORDER BY idx DESC LIMIT 1",
+            [],
             "finding the last anchored batch",
         )
     }
@@ -209,8 +210,8 @@ impl<'c> Batches<'c> {
     /// The first batch without an on-chain anchor, if any.
     pub fn first_unanchored(&self) -> Result<Option<Batch>, StoreError> {
         self.one(
-            "WHERE tx_hash IS NULL AND ?1 = ?1 ORDER BY idx LIMIT 1",
-            0,
+            "WHERE tx_hash IS NULL ORDER BY idx LIMIT 1",
+            [],
             "finding the first unanchored batch",
         )
     }

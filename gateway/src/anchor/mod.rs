@@ -55,7 +55,7 @@ pub enum AnchorStartError {
 pub struct Anchoring {
     pub seal: Arc<batch::SealStats>,
     pub chain: Option<Arc<chain::ChainStats>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// UTC ns.
     started_at: i64,
 }
@@ -127,7 +127,7 @@ impl Anchoring {
         Ok(Self {
             seal,
             chain: chain_stats,
-            threads,
+            threads: std::sync::Mutex::new(threads),
             started_at: crate::time::now_ns(),
         })
     }
@@ -169,9 +169,11 @@ impl Anchoring {
         (behind, seconds)
     }
 
-    /// Waits for the threads (after shutdown).
-    pub fn join(self) {
-        for t in self.threads {
+    /// Waits for the threads (after shutdown); the status handles others
+    /// hold do not keep it from it.
+    pub fn join(&self) {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
             let _ = t.join();
         }
     }

@@ -2,8 +2,6 @@
 //! the reading, its encoding and leaf, the Merkle path, the batch and its
 //! anchor — and the offline half of checking one.
 
-use std::path::Path;
-
 use serde::{Deserialize, Serialize};
 
 use super::batch::{AnchorRecord, Batch, Batches, batch_hash};
@@ -126,7 +124,6 @@ impl TreeCache {
 /// [`Outcome::sealed_leaf_matches`] says so.
 pub fn bundle(
     reader: &StoreReader,
-    path: &Path,
     cache: &mut TreeCache,
     seq: u64,
 ) -> Result<(ProofBundle, bool), ProofError> {
@@ -136,7 +133,7 @@ pub fn bundle(
         .next()
         .filter(|r| r.seq == seq)
         .ok_or(ProofError::NoReading(seq))?;
-    let batches = Batches::new(reader.connection(), path);
+    let batches = Batches::new(reader.connection(), reader.path());
     let batch = batches.holding(seq)?.ok_or(ProofError::NotSealed(seq))?;
     let tree = cache.get(&batches, &batch)?;
     let position = seq - batch.first_seq;

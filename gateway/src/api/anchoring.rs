@@ -94,7 +94,7 @@ pub async fn proof(
     let body = state
         .query(move |r| {
             let mut trees = cache.proof_trees.lock().unwrap_or_else(|e| e.into_inner());
-            match proof::bundle(r, r.path(), &mut trees, seq) {
+            match proof::bundle(r, &mut trees, seq) {
                 Ok((bundle, true)) => encode(&bundle),
                 Ok((bundle, false)) => Err(HttpError::new(
                     StatusCode::CONFLICT,

@@ -105,8 +105,7 @@ pub struct ProofArgs {
 /// the stored reading is not what was sealed.
 pub fn proof(args: &ProofArgs) -> anyhow::Result<ExitCode> {
     let reader = args.db.reader()?;
-    let (bundle, matches) =
-        proof::bundle(&reader, reader.path(), &mut TreeCache::default(), args.seq)?;
+    let (bundle, matches) = proof::bundle(&reader, &mut TreeCache::default(), args.seq)?;
     let json = serde_json::to_string_pretty(&bundle)? + "\n";
     match &args.out {
         Some(path) => std::fs::write(path, &json)

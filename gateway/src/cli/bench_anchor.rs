@@ -106,13 +106,13 @@ pub fn anchor(dir: &Path, batch: u64) -> anyhow::Result<()> {
     let mut cache = TreeCache::default();
     let middle = batch / 2;
     let started = Instant::now();
-    let (bundle, _) = proof::bundle(&reader, &db, &mut cache, middle)?;
+    let (bundle, _) = proof::bundle(&reader, &mut cache, middle)?;
     let first = started.elapsed();
     let mut times: Vec<Duration> = Vec::with_capacity(1000);
     for k in 0..1000u64 {
         let seq = 1 + (k * 7919) % batch;
         let t = Instant::now();
-        proof::bundle(&reader, &db, &mut cache, seq)?;
+        proof::bundle(&reader, &mut cache, seq)?;
         times.push(t.elapsed());
     }
     times.sort();

@@ -164,7 +164,7 @@ pub async fn show_proof(db: &Path, rpc: Option<&str>) -> anyhow::Result<()> {
         return Ok(());
     };
     let seq = (batch.first_seq + batch.last_seq) / 2;
-    let (bundle, _) = proof::bundle(&reader, db, &mut TreeCache::default(), seq)?;
+    let (bundle, _) = proof::bundle(&reader, &mut TreeCache::default(), seq)?;
     println!(
         "\nExample: biota-gateway proof --seq {seq}   ({}/{} in batch {}, {} siblings)",
         bundle.reading.device,
