@@ -48,7 +48,7 @@ async fn shutdown_commits_everything_accepted() {
     .await
     .expect("start");
     let metrics = gateway.metrics().clone();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     shutdown.cancel();
     let report = gateway.stopped().await;
     assert!(!report.timed_out);
@@ -59,6 +59,18 @@ async fn shutdown_commits_everything_accepted() {
     assert_eq!(committed, accepted, "everything accepted was committed");
     let (count, min, max) = count_and_max(&db);
     assert_eq!((count, min, max), (committed as i64, 1, committed as i64));
+    // The series index is complete at a clean stop: a pass ran in the
+    // commits during ingest (the run lasted past INDEX_MAX_AGE) and the
+    // stop added the rest.
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    let (entries, upto): (i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT count(*) FROM series_ts), (SELECT value FROM meta WHERE key = 'indexed_upto')",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("index");
+    assert_eq!((entries, upto), (committed as i64, committed as i64));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -395,6 +395,8 @@ pub(super) fn query_db(db: &Path, series: u32) -> anyhow::Result<(i64, i64)> {
             .collect();
         writer.commit(&mut batch)?;
     }
+    // As a gateway leaves it at a stop.
+    writer.index_all()?;
     Ok((start, now))
 }
 
@@ -508,6 +510,7 @@ fn ready(dir: &Path, size: &str) -> anyhow::Result<()> {
             }
             writer.commit(&mut batch)?;
         }
+        writer.index_all()?;
         println!(
             "built {:.0} MB in {}",
             file_mb(&db),

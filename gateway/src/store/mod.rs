@@ -12,6 +12,7 @@
 
 pub mod query;
 pub mod schema;
+pub mod series_index;
 pub mod writer;
 
 use std::path::{Path, PathBuf};

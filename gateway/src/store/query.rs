@@ -26,17 +26,39 @@ pub const LATEST_SQL: &str =
      WHERE ?1 IS NULL OR s.device = ?1
      ORDER BY s.device, s.point";
 
-/// One page of a series' readings after a cursor, in (ts, seq) order.
+/// One page of a series' readings after a cursor, in (ts, seq) order:
+/// from the series index up to `indexed_upto`, and the readings above it
+/// (committed since, about a second's worth; see
+/// [`series_index`](super::series_index)) by seq, merged.
 pub const RANGE_SQL: &str = "SELECT r.seq, r.ts, r.flags, r.value, l.unit, l.source
-     FROM readings r JOIN labels l ON l.id = r.label
-     WHERE r.series = ?1 AND (r.ts, r.seq) > (?2, ?3) AND r.ts < ?4
-     ORDER BY r.ts, r.seq
-     LIMIT ?5";
+     FROM (SELECT ts, seq FROM series_ts
+           WHERE series = ?1 AND (ts, seq) > (?2, ?3) AND ts < ?4
+             AND seq <= (SELECT value FROM meta WHERE key = 'indexed_upto')
+           UNION ALL
+           SELECT ts, seq FROM readings
+           WHERE seq > (SELECT value FROM meta WHERE key = 'indexed_upto')
+             AND series = ?1 AND (ts, seq) > (?2, ?3) AND ts < ?4
+           ORDER BY 1, 2
+           LIMIT ?5) x
+     JOIN readings r ON r.seq = x.seq
+     JOIN labels l ON l.id = r.label
+     ORDER BY x.ts, x.seq";
 
-/// A series' values in a time range, in time order, for aggregation.
-pub const AGGREGATE_SQL: &str = "SELECT ts, value FROM readings
-     WHERE series = ?1 AND ts >= ?2 AND ts < ?3
-     ORDER BY ts, seq";
+/// A series' values in a time range, in time order, for aggregation (the
+/// index and the readings not in it yet, as [`RANGE_SQL`]; the `LIMIT -1`
+/// keeps SQLite from dropping the inner order and sorting the whole range).
+pub const AGGREGATE_SQL: &str = "SELECT x.ts, r.value
+     FROM (SELECT ts, seq FROM series_ts
+           WHERE series = ?1 AND ts >= ?2 AND ts < ?3
+             AND seq <= (SELECT value FROM meta WHERE key = 'indexed_upto')
+           UNION ALL
+           SELECT ts, seq FROM readings
+           WHERE seq > (SELECT value FROM meta WHERE key = 'indexed_upto')
+             AND series = ?1 AND ts >= ?2 AND ts < ?3
+           ORDER BY 1, 2
+           LIMIT -1) x
+     JOIN readings r ON r.seq = x.seq
+     ORDER BY x.ts, x.seq";
 
 /// Readings after a seq, in seq order (the uplink's store-and-forward).
 pub const AFTER_SEQ_SQL: &str =

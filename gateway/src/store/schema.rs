@@ -15,7 +15,7 @@ use super::{StoreError, sql_err};
 use crate::config::Synchronous;
 
 /// The schema version this gateway writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -71,6 +71,30 @@ const MIGRATIONS: &[&str] = &[
      -- the leaves (32 bytes per reading, in seq order) for proofs and audits;
      -- dropped once retention has deleted every reading of the batch
      CREATE TABLE batch_leaves (batch INTEGER PRIMARY KEY, leaves BLOB NOT NULL);",
+    // 2 → 3: the series index is kept by the writer, in bulk, instead of
+    // by SQLite on every commit (docs/ARCHITECTURE.md, "The series
+    // index"). A commit then writes a few appended pages instead of one
+    // index page per series it touches. Readings above
+    // `meta.indexed_upto` are not in `series_ts` yet; queries read them
+    // by seq. The triggers keep the index true when rows are deleted
+    // (retention) or edited by hand.
+    "CREATE TABLE series_ts (
+         series INTEGER NOT NULL,
+         ts INTEGER NOT NULL,
+         seq INTEGER NOT NULL,
+         PRIMARY KEY (series, ts, seq)
+     ) WITHOUT ROWID;
+     INSERT INTO series_ts (series, ts, seq) SELECT series, ts, seq FROM readings ORDER BY series, ts, seq;
+     DROP INDEX readings_by_series_ts;
+     INSERT INTO meta (key, value) VALUES ('indexed_upto', coalesce((SELECT max(seq) FROM readings), 0));
+     CREATE TRIGGER readings_deleted AFTER DELETE ON readings BEGIN
+         DELETE FROM series_ts WHERE series = old.series AND ts = old.ts AND seq = old.seq;
+     END;
+     CREATE TRIGGER readings_moved AFTER UPDATE OF series, ts ON readings BEGIN
+         DELETE FROM series_ts WHERE series = old.series AND ts = old.ts AND seq = old.seq;
+         INSERT OR IGNORE INTO series_ts (series, ts, seq) SELECT new.series, new.ts, new.seq
+             WHERE new.seq <= (SELECT value FROM meta WHERE key = 'indexed_upto');
+     END;",
 ];
 
 /// Opens (creating if needed) the database for the writer, in WAL mode,
@@ -286,6 +310,50 @@ mod tests {
         assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
         let err = open_for_read(&path).expect_err("too new");
         assert!(err.to_string().contains("newer than this gateway"), "{err}");
+    }
+
+    #[test]
+    fn version_2_databases_get_the_series_index_from_their_sqlite_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("gateway.db");
+        {
+            let conn = Connection::open(&path).expect("open");
+            for sql in &MIGRATIONS[..2] {
+                conn.execute_batch(sql).expect("migrate");
+            }
+            conn.execute_batch(
+                "PRAGMA user_version = 2;
+                 INSERT INTO readings (seq, series, ts, label, flags, value)
+                 VALUES (1, 2, 30, 1, 0, 1.0), (2, 1, 10, 1, 0, 2.0), (3, 2, 20, 1, 0, 3.0);
+                 UPDATE meta SET value = 4 WHERE key = 'next_seq';",
+            )
+            .expect("version 2 with readings");
+        }
+        let conn = open_for_write(&path, Synchronous::Full, 8).expect("migrate");
+        let entries: Vec<(i64, i64, i64)> = conn
+            .prepare("SELECT series, ts, seq FROM series_ts")
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(entries, [(1, 10, 2), (2, 20, 3), (2, 30, 1)]);
+        let upto: i64 = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'indexed_upto'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("indexed_upto");
+        assert_eq!(upto, 3);
+        let old_index: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'readings_by_series_ts'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("old index");
+        assert_eq!(old_index, 0, "SQLite's own index is dropped");
     }
 
     #[test]

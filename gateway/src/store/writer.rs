@@ -18,6 +18,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use biota_drivers::{BatchReceiver, CommitNotice, CommitOutcome};
+
+use super::series_index::{INDEX_CHUNK, SeriesIndex};
 use rusqlite::Connection;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use tokio::time::Instant;
@@ -85,6 +87,8 @@ pub struct StoreWriter {
     metrics: Arc<Metrics>,
     /// Where committed readings go to live subscribers, if anyone listens.
     live: Option<LiveFeed>,
+    /// The series index's entries not yet in `series_ts`.
+    index: SeriesIndex,
 }
 
 /// What the writer thread did, returned when it ends.
@@ -148,6 +152,9 @@ impl StoreWriter {
         metrics.last_seq.store(next_seq - 1, Relaxed);
         let mut wal_path = path.as_os_str().to_owned();
         wal_path.push("-wal");
+        // Committed before the last stop but not yet in the series index.
+        let index =
+            SeriesIndex::load(&conn).map_err(sql_err(path, "reading readings not yet indexed"))?;
         let last_checkpoint_at = conn
             .query_row("SELECT max(committed_at) FROM checkpoints", [], |r| {
                 r.get::<_, Option<i64>>(0)
@@ -169,6 +176,7 @@ impl StoreWriter {
             wal_path: PathBuf::from(wal_path),
             metrics,
             live: None,
+            index,
         })
     }
 
@@ -194,6 +202,8 @@ impl StoreWriter {
         let mut created: Vec<SeriesKey> = Vec::new();
         let mut touched: Vec<SeriesKey> = Vec::new();
         let labels_before = self.labels.values().map(Vec::len).sum::<usize>();
+        self.index.start(self.next_seq - 1, false);
+        let index_mark = self.index.mark();
         let result = self.write_batch(readings, now, &mut created, &mut touched);
         for (device, point) in &touched {
             if let Some(entry) = self.series.get_mut(device).and_then(|p| p.get_mut(point)) {
@@ -203,18 +213,25 @@ impl StoreWriter {
                 }
             }
         }
-        if let Err(e) = result {
-            // The transaction rolled back: forget the ids it created.
-            for (device, point) in created {
-                if let Some(points) = self.series.get_mut(&device) {
-                    points.remove(&point);
+        let indexed_to = match result {
+            Ok(to) => to,
+            Err(e) => {
+                // The transaction rolled back: forget the ids it created and
+                // the index entries of its readings.
+                self.index.rollback(index_mark);
+                for (device, point) in created {
+                    if let Some(points) = self.series.get_mut(&device) {
+                        points.remove(&point);
+                    }
                 }
+                if self.labels.values().map(Vec::len).sum::<usize>() != labels_before {
+                    self.labels.clear();
+                }
+                return Err(e);
             }
-            if self.labels.values().map(Vec::len).sum::<usize>() != labels_before {
-                self.labels.clear();
-            }
-            return Err(e);
-        }
+        };
+        self.index.committed();
+        self.index.stepped(indexed_to);
         for (i, r) in readings.iter_mut().enumerate() {
             r.seq = self.next_seq + i as u64;
         }
@@ -251,7 +268,7 @@ impl StoreWriter {
         now: i64,
         created: &mut Vec<SeriesKey>,
         touched: &mut Vec<SeriesKey>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<usize, StoreError> {
         let path = self.path.clone();
         let checkpoint = self.checkpoint_plan(now);
         // IMMEDIATE: take the write lock (waiting for the anchorer's short
@@ -331,6 +348,7 @@ impl StoreWriter {
                         newest = Some((r.ts, this_seq));
                         changed = true;
                     }
+                    self.index.push((series_id, r.ts, this_seq as i64));
                     let flags = i64::from(r.value.kind().code()) << 2 | i64::from(r.quality.code());
                     insert
                         .execute(rusqlite::params![
@@ -392,10 +410,53 @@ impl StoreWriter {
                 .map_err(sql_err(&path, "writing a retention checkpoint"))?;
             }
         }
+        // A chunk of the series index's pass rides along (twice this
+        // commit's size, so the pass outruns ingest).
+        let indexed_to = self
+            .index
+            .step(&tx, INDEX_CHUNK.max(2 * readings.len()))
+            .map_err(sql_err(&path, "updating the series index"))?;
         tx.commit().map_err(sql_err(&path, "committing"))?;
         if checkpoint.is_some() {
             self.last_checkpoint_at = now;
             self.last_checkpoint_mono = Some(std::time::Instant::now());
+        }
+        Ok(indexed_to)
+    }
+
+    /// When the series index has work due (see [`SeriesIndex`]), if any.
+    pub fn index_due(&self) -> Option<std::time::Instant> {
+        self.index.due()
+    }
+
+    /// One step of the series index in a transaction of its own, for when
+    /// nothing is being committed. Queries are right before and after:
+    /// what is not in the index they read by seq.
+    pub fn index_step(&mut self) -> Result<(), StoreError> {
+        self.index_step_now(false)
+    }
+
+    fn index_step_now(&mut self, now: bool) -> Result<(), StoreError> {
+        self.index.start(self.next_seq - 1, now);
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql_err(&path, "starting to update the series index"))?;
+        let to = self
+            .index
+            .step(&tx, 8 * INDEX_CHUNK)
+            .map_err(sql_err(&path, "updating the series index"))?;
+        tx.commit()
+            .map_err(sql_err(&path, "committing the series index"))?;
+        self.index.stepped(to);
+        Ok(())
+    }
+
+    /// Brings the series index fully up to date (at shutdown).
+    pub fn index_all(&mut self) -> Result<(), StoreError> {
+        while !self.index.is_current() {
+            self.index_step_now(true)?;
         }
         Ok(())
     }
@@ -539,6 +600,8 @@ impl StoreWriter {
             }
         }
         self.retention_pass_deleted += deleted;
+        // Deleted readings need no index entry any more.
+        self.index.forget_below(upto);
         self.metrics.retention_deleted.fetch_add(deleted, Relaxed);
         Ok(deleted)
     }
@@ -713,7 +776,25 @@ impl StoreWriter {
                 }
                 continue;
             }
+            // The series index, when nothing waits for a commit.
+            if self
+                .index
+                .due()
+                .is_some_and(|at| at <= std::time::Instant::now())
+            {
+                if let Err(e) = self.index_step() {
+                    // Queries stay right (they read what is not indexed
+                    // by seq); the step is tried again later.
+                    tracing::warn!(error = %e, "the series index could not be updated; will try again");
+                    self.index.failed();
+                }
+                heartbeat();
+                continue;
+            }
             if closed {
+                if let Err(e) = self.index_all() {
+                    tracing::warn!(error = %e, "the series index could not be completed; the next start does it");
+                }
                 break;
             }
             if Instant::now() >= next_retention {
@@ -741,6 +822,7 @@ impl StoreWriter {
                 continue;
             }
             let commit_at = oldest.map(|t| t + max_delay);
+            let index_at = self.index.due().map(Instant::from_std);
             tokio::select! {
                 batch = input.recv() => match batch {
                     Some(batch) => {
@@ -758,6 +840,7 @@ impl StoreWriter {
                     None => closed = true,
                 },
                 () = sleep_until_opt(commit_at) => {}
+                () = sleep_until_opt(index_at) => {}
                 () = tokio::time::sleep(Duration::from_millis(250)) => heartbeat(),
                 () = tokio::time::sleep_until(next_retention) => {}
             }
