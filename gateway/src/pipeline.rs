@@ -180,7 +180,23 @@ impl Gateway {
 
         let tasks = TaskTracker::new();
         let normalizer = Normalizer::new(config, metrics.clone());
-        tasks.spawn(run_normalizer(normalizer, sample_rx, reading_tx));
+        // Its own thread: on the shared runtime it would queue behind every
+        // driver and API task at each wake-up, and every acknowledgement
+        // (CoAP) waits for it.
+        let (normalized, normalizer_done) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("normalizer".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread().build() {
+                    Ok(rt) => rt.block_on(run_normalizer(normalizer, sample_rx, reading_tx)),
+                    Err(e) => tracing::error!(error = %e, "cannot start the normalizer's runtime"),
+                }
+                let _ = normalized.send(());
+            })
+            .map_err(StartError::Thread)?;
+        tasks.spawn(async move {
+            let _ = normalizer_done.await;
+        });
         if let Some(sim) = config.drivers.sim.clone() {
             tasks.spawn(SimDriver::new(sim, sample_tx.clone()).run(shutdown.clone()));
         }

@@ -103,15 +103,16 @@ enum Bench {
         /// How long to measure (after 1 s of warm-up).
         #[arg(long, default_value = "10s")]
         duration: String,
-        /// Client endpoints (UDP sockets).
-        #[arg(long, default_value_t = 200)]
+        /// Client endpoints (UDP sockets), each its own device.
+        #[arg(long, default_value_t = 300)]
         endpoints: usize,
-        /// Confirmable requests each endpoint keeps in flight.
-        #[arg(long, default_value_t = 4)]
+        /// Confirmable requests each endpoint keeps in flight (RFC 7252's
+        /// NSTART is 1).
+        #[arg(long, default_value_t = 1)]
         window: usize,
-        /// Readings per SenML pack.
-        #[arg(long, default_value_t = 10)]
-        records: usize,
+        /// Readings per SenML pack; a comma-separated list runs each.
+        #[arg(long, default_value = "1,10")]
+        records: String,
     },
     /// The HTTP API: latest of 10,000 points and a 24 h aggregate under
     /// concurrent clients (p50/p99), and the live stream's fan-out cost.
@@ -178,7 +179,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             records,
         } => {
             let duration = parse_duration(&duration).map_err(anyhow::Error::msg)?;
-            super::bench_coap::coap(&dir, duration, endpoints, window, records).await?
+            for records in records.split(',') {
+                let records: usize = records.trim().parse().map_err(|_| {
+                    anyhow::anyhow!("--records: `{records}` is not a number of readings")
+                })?;
+                super::bench_coap::coap(&dir, duration, endpoints, window, records).await?
+            }
         }
         Bench::Api {
             clients,
@@ -196,7 +202,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             ingest(&dir, "60s", 1000, "full", 64).await?;
             modbus(&dir, "30s", 100, 100).await?;
             super::bench_mqtt::mqtt(&dir, 2_000_000, 30_000, 4).await?;
-            super::bench_coap::coap(&dir, Duration::from_secs(10), 200, 4, 10).await?;
+            for records in [1, 10] {
+                super::bench_coap::coap(&dir, Duration::from_secs(10), 300, 1, records).await?;
+            }
             ready(&dir, "1GiB")?;
         }
     }
