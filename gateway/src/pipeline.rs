@@ -150,9 +150,15 @@ impl Gateway {
         let writer = {
             let (path, store, metrics) =
                 (db_path.to_owned(), config.store.clone(), metrics.clone());
-            tokio::task::spawn_blocking(move || StoreWriter::open(&path, &store, metrics))
-                .await
-                .map_err(|e| StartError::Thread(std::io::Error::other(e)))??
+            let open =
+                tokio::task::spawn_blocking(move || StoreWriter::open(&path, &store, metrics));
+            tokio::select! {
+                opened = open => opened.map_err(|e| StartError::Thread(std::io::Error::other(e)))??,
+                never = crate::systemd::keep_starting(
+                    "opening the store (migrating its schema)",
+                    std::time::Duration::from_secs(10),
+                ) => match never {},
+            }
         };
         tracing::info!(
             path = %db_path.display(),

@@ -70,6 +70,24 @@ pub fn is_moving(
     writer_alive && !stuck
 }
 
+/// While a start step that can take long runs (the first start after an
+/// update migrates the schema of a database of any size): every `every`
+/// (10 s in the gateway) asks systemd for 30 s more start time and feeds
+/// the watchdog, so the unit's start timeout does not kill a migration that
+/// would then roll back and begin again at every restart. Never ends: drop
+/// it when the step is done.
+pub async fn keep_starting(what: &str, every: std::time::Duration) -> std::convert::Infallible {
+    loop {
+        tokio::time::sleep(every).await;
+        tracing::info!("{what}: still at it");
+        notify(&[
+            NotifyState::ExtendTimeoutUsec(30_000_000),
+            NotifyState::Watchdog,
+            NotifyState::Status(what),
+        ]);
+    }
+}
+
 /// Sends `STATUS=` every 2 s and, if systemd enabled the watchdog,
 /// `WATCHDOG=1` every half watchdog interval while [`is_moving`].
 pub async fn supervise(metrics: Arc<Metrics>, shutdown: CancellationToken) {
@@ -110,6 +128,32 @@ pub async fn supervise(metrics: Arc<Metrics>, shutdown: CancellationToken) {
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn a_long_start_asks_for_more_time_and_feeds_the_watchdog() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("notify");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind");
+        // SAFETY: nextest runs each test in its own process; nothing else
+        // reads the environment concurrently here.
+        unsafe { std::env::set_var("NOTIFY_SOCKET", &path) };
+        let step = std::time::Duration::from_millis(20);
+        let _ = tokio::time::timeout(step * 7 + step / 2, super::keep_starting("migrating", step))
+            .await;
+        socket.set_nonblocking(true).expect("nonblocking");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while let Ok(n) = socket.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        assert!((2..=7).contains(&got.len()), "{got:?}");
+        for message in got {
+            assert_eq!(
+                message,
+                "EXTEND_TIMEOUT_USEC=30000000\nWATCHDOG=1\nSTATUS=migrating\n"
+            );
+        }
+    }
+
     use std::sync::atomic::Ordering::Relaxed;
 
     use super::*;
