@@ -91,6 +91,24 @@ impl SeriesIndex {
     /// The commit that pushed since `mark` rolled back.
     pub fn rollback(&mut self, mark: usize) {
         self.fresh.truncate(mark);
+        self.forget_time_if_empty();
+    }
+
+    /// Nothing waits any more: no pass is due for it.
+    fn forget_time_if_empty(&mut self) {
+        if self.fresh.is_empty() {
+            self.fresh_since = None;
+        }
+    }
+
+    /// When the next pass should start: `None` while nothing waits.
+    fn start_due(&self) -> Option<Instant> {
+        let since = self.fresh_since.filter(|_| !self.fresh.is_empty())?;
+        Some(if self.fresh.len() >= INDEX_TAIL_MAX {
+            since
+        } else {
+            since + INDEX_MAX_AGE
+        })
     }
 
     /// The commit succeeded: its entries wait from now.
@@ -107,12 +125,7 @@ impl SeriesIndex {
         let due = if !self.pass.is_empty() {
             self.moved_at.unwrap_or_else(Instant::now)
         } else {
-            let since = self.fresh_since?;
-            if self.fresh.len() >= INDEX_TAIL_MAX {
-                since
-            } else {
-                since + INDEX_MAX_AGE
-            }
+            self.start_due()?
         } + INDEX_IDLE;
         Some(self.retry_at.map_or(due, |retry| retry.max(due)))
     }
@@ -120,13 +133,13 @@ impl SeriesIndex {
     /// Starts a pass if one is due (or `now`) and none is under way.
     /// `last_seq`: the last committed seq (every entry up to it waits).
     pub fn start(&mut self, last_seq: u64, now: bool) {
-        if !self.pass.is_empty() || self.fresh.is_empty() {
+        if !self.pass.is_empty() {
             return;
         }
-        let Some(since) = self.fresh_since else {
+        let Some(due) = self.start_due() else {
             return;
         };
-        if !now && self.fresh.len() < INDEX_TAIL_MAX && since.elapsed() < INDEX_MAX_AGE {
+        if !now && due > Instant::now() {
             return;
         }
         self.pass = std::mem::take(&mut self.fresh);
@@ -182,6 +195,7 @@ impl SeriesIndex {
     /// not needed any more.
     pub fn forget_below(&mut self, seq: i64) {
         self.fresh.retain(|e| e.2 >= seq);
+        self.forget_time_if_empty();
         self.pass.drain(..self.done);
         self.done = 0;
         self.pass.retain(|e| e.2 >= seq);
@@ -190,5 +204,45 @@ impl SeriesIndex {
     /// Nothing waits and no pass is under way.
     pub fn is_current(&self) -> bool {
         self.fresh.is_empty() && self.pass.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_is_due_once_what_waited_is_gone() {
+        let mut index = SeriesIndex::default();
+        assert_eq!(index.due(), None);
+        index.push((1, 10, 1));
+        index.push((1, 11, 2));
+        index.committed();
+        assert!(index.due().is_some());
+        // Retention deleted both readings before any pass: no pass (and
+        // no empty transaction in a loop) is due.
+        index.forget_below(3);
+        assert_eq!(index.due(), None);
+        assert!(index.is_current());
+        // A commit that rolls back its only entries leaves nothing due.
+        let mark = index.mark();
+        index.push((2, 12, 3));
+        index.rollback(mark);
+        assert_eq!(index.due(), None);
+    }
+
+    #[test]
+    fn a_pass_starts_when_due_or_when_asked_and_keeps_its_order() {
+        let mut index = SeriesIndex::default();
+        for (series, ts, seq) in [(2, 5, 1), (1, 9, 2), (1, 3, 3)] {
+            index.push((series, ts, seq));
+        }
+        index.committed();
+        index.start(3, false);
+        assert!(index.pass.is_empty(), "not due before INDEX_MAX_AGE");
+        index.start(3, true);
+        assert_eq!(index.pass, [(1, 3, 3), (1, 9, 2), (2, 5, 1)]);
+        assert_eq!(index.pass_upto, 3);
+        assert!(index.fresh.is_empty() && index.fresh_since.is_none());
     }
 }

@@ -424,19 +424,11 @@ impl StoreWriter {
         Ok(indexed_to)
     }
 
-    /// When the series index has work due (see [`SeriesIndex`]), if any.
-    pub fn index_due(&self) -> Option<std::time::Instant> {
-        self.index.due()
-    }
-
     /// One step of the series index in a transaction of its own, for when
-    /// nothing is being committed. Queries are right before and after:
-    /// what is not in the index they read by seq.
-    pub fn index_step(&mut self) -> Result<(), StoreError> {
-        self.index_step_now(false)
-    }
-
-    fn index_step_now(&mut self, now: bool) -> Result<(), StoreError> {
+    /// nothing is being committed (`now`: start a pass even if not yet
+    /// due). Queries are right before and after: what is not in the index
+    /// they read by seq.
+    fn index_step(&mut self, now: bool) -> Result<(), StoreError> {
         self.index.start(self.next_seq - 1, now);
         let path = self.path.clone();
         let tx = self
@@ -456,7 +448,7 @@ impl StoreWriter {
     /// Brings the series index fully up to date (at shutdown).
     pub fn index_all(&mut self) -> Result<(), StoreError> {
         while !self.index.is_current() {
-            self.index_step_now(true)?;
+            self.index_step(true)?;
         }
         Ok(())
     }
@@ -782,7 +774,7 @@ impl StoreWriter {
                 .due()
                 .is_some_and(|at| at <= std::time::Instant::now())
             {
-                if let Err(e) = self.index_step() {
+                if let Err(e) = self.index_step(false) {
                     // Queries stay right (they read what is not indexed
                     // by seq); the step is tried again later.
                     tracing::warn!(error = %e, "the series index could not be updated; will try again");
