@@ -105,3 +105,68 @@ def test_sigkill_during_heavy_ingest_never_loses_a_committed_reading(release_bin
         f"{n / total_ingest_s:,.0f} readings/s over the killed rounds, "
         f"{committed_after_observation:,} committed between observation and kill, database {size_mb:.0f} MB"
     )
+
+
+def start_peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory so far (VmHWM), in MB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_crash_loop_never_slows_the_start_or_grows_its_memory(release_bin, spawn, write_config, state_dir):
+    """Issue #15: over 100 SIGKILLs during max-rate ingest the series
+    index's backlog grew to 8M readings, which every start loaded into
+    memory: READY went from 125 ms to 1.9 s and start RSS from 45 to 235
+    MiB (an OOM kill at every start under MemoryMax). A start must take
+    the same time and memory however the last run ended: measured at READY
+    (peak RSS, VmHWM), each round compared with a start after a clean stop
+    (ratios with wide margins: a loaded machine must not fail this)."""
+    rounds = int(os.environ.get("BIOTA_CRASH_LOOP_ROUNDS", "40"))
+    config = write_config(sim_config(devices=DEVICES, points=POINTS, rate=RATE, commit_max_delay="20ms"))
+    db = state_dir / "gateway.db"
+
+    def start_and_measure():
+        gw = spawn(release_bin, config, state_dir)
+        ready_s = gw.wait_ready(timeout=60)
+        return gw, ready_s, start_peak_rss_mb(gw.pid)
+
+    # The reference: a start after a clean stop.
+    gw, _, _ = start_and_measure()
+    time.sleep(1.0)
+    assert gw.stop(timeout=60) == 0, gw.stderr()
+    gw, clean_ready_s, clean_rss = start_and_measure()
+    time.sleep(0.5)
+    assert gw.stop(timeout=60) == 0, gw.stderr()
+
+    samples = []
+    for round_no in range(1, rounds + 1):
+        gw, ready_s, rss = start_and_measure()
+        samples.append((ready_s, rss))
+        time.sleep(0.6)
+        gw.sigkill()
+        gw.wait_exit(timeout=10)
+        assert "panicked" not in gw.stderr(), gw.stderr()
+        gw.kill()
+    unindexed = open_db_ro(db).execute(
+        "SELECT max(seq) - (SELECT value FROM meta WHERE key = 'indexed_upto') FROM readings"
+    ).fetchone()[0]
+    stats = assert_gapless(db)
+    late = samples[-10:]
+    late_ready = sorted(s[0] for s in late)[len(late) // 2]
+    late_rss = max(s[1] for s in late)
+    print(
+        f"clean stop: READY {clean_ready_s * 1000:.0f} ms, start peak RSS {clean_rss:.1f} MB; "
+        f"after {rounds} SIGKILLs ({stats.max:,} readings, {unindexed:,} not yet in the series index): "
+        f"READY median {late_ready * 1000:.0f} ms, start peak RSS max {late_rss:.1f} MB"
+    )
+    assert late_rss <= clean_rss * 1.5 + 20, (
+        f"start memory grows with the crashes: {late_rss:.1f} MB after {rounds} SIGKILLs, "
+        f"{clean_rss:.1f} MB after a clean stop ({[round(s[1]) for s in samples]})"
+    )
+    assert late_ready <= clean_ready_s * 4 + 0.5, (
+        f"the start slows with the crashes: READY {late_ready:.2f} s after {rounds} SIGKILLs, "
+        f"{clean_ready_s:.2f} s after a clean stop ({[round(s[0], 2) for s in samples]})"
+    )

@@ -160,6 +160,7 @@ impl Services {
     /// `deadline`. Returns the names of those still running then.
     pub async fn stop_stage(&mut self, stage: Stage, deadline: Instant) -> Vec<&'static str> {
         self.tokens[stage as usize].cancel();
+        let started = Instant::now();
         let mut late = Vec::new();
         for running in std::mem::take(&mut self.running[stage as usize]) {
             match tokio::time::timeout_at(deadline, running.done).await {
@@ -174,7 +175,9 @@ impl Services {
                 Err(_) => late.push(running.name),
             }
         }
-        if !late.is_empty() {
+        if late.is_empty() {
+            tracing::debug!(?stage, took = ?started.elapsed(), "stopped");
+        } else {
             tracing::error!(?stage, services = ?late, "did not stop in time");
         }
         late

@@ -554,8 +554,6 @@ fn index_rows(path: &Path) -> (i64, i64) {
 /// it, waiting for it, in a half-done pass, or was waiting at a crash.
 #[test]
 fn queries_are_the_same_before_during_and_after_an_index_pass() {
-    use biota_gateway::store::series_index::SeriesIndex;
-
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("gateway.db");
     let mut writer = open(&path);
@@ -622,20 +620,18 @@ fn queries_are_the_same_before_during_and_after_an_index_pass() {
     check("after a crash", &expected);
     // A pass broken off halfway: part of the second half is in
     // `series_ts`, above `indexed_upto`. Nothing may show twice.
-    {
-        let mut conn = rusqlite::Connection::open(&path).expect("open");
-        let mut index = SeriesIndex::load(&conn).expect("load");
-        index.start(240, true);
-        let tx = conn.transaction().expect("tx");
-        let to = index.step(&tx, 50).expect("step");
-        tx.commit().expect("commit");
-        assert_eq!(to, 50);
-        index.stepped(to);
-        assert!(!index.is_current());
-    }
+    rusqlite::Connection::open(&path)
+        .expect("open")
+        .execute(
+            "INSERT INTO series_ts (series, ts, seq) \
+             SELECT series, ts, seq FROM readings WHERE seq > 120 AND seq <= 170",
+            [],
+        )
+        .expect("half a pass");
     assert_eq!(index_rows(&path), (170, 120));
     check("in a broken pass", &expected);
-    // The next start takes the rest again, and completes the pass.
+    // The next start takes the rest again (by seq range, skipping what the
+    // broken pass had added), and completes it.
     let mut writer = open(&path);
     writer.index_all().expect("index");
     assert_eq!(index_rows(&path), (240, 240));
@@ -661,4 +657,78 @@ fn queries_are_the_same_before_during_and_after_an_index_pass() {
     }
     expected.sort_by_key(|e| (e.0, e.1));
     check("after deletes and an edit", &expected);
+}
+
+/// A crash leaves readings above `indexed_upto` (issue #15: over 100
+/// crashes the backlog reached 8M readings, each start loaded it into
+/// memory, and READY and start RSS grew with every crash). A start now
+/// reads nothing of it: the following commits add it back by seq range,
+/// a chunk at a time, `indexed_upto` moving with each, queries exact
+/// throughout, and only then does the index go back to passes in memory.
+#[test]
+fn a_crash_backlog_is_indexed_by_seq_range_after_the_start_not_loaded_by_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gateway.db");
+    let mut writer = open(&path);
+    let total = 100_000i64;
+    for chunk in 0..10 {
+        let mut readings: Vec<Reading> = (0..total / 10)
+            .map(|i| {
+                let n = chunk * (total / 10) + i;
+                reading(&format!("d{}", n % 50), "p", T0 + n * SEC, Value::I64(n))
+            })
+            .collect();
+        writer.commit(&mut readings).expect("commit");
+    }
+    // A crash before any pass completed (what a slow machine did with its
+    // passes is taken back: nothing of the 100,000 is indexed).
+    drop(writer);
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    conn.execute_batch(
+        "DELETE FROM series_ts; UPDATE meta SET value = 0 WHERE key = 'indexed_upto';",
+    )
+    .expect("a crash before any pass");
+    drop(conn);
+    assert_eq!(index_rows(&path), (0, 0));
+    let count_d7 = |when: &str| {
+        let reader = StoreReader::open(&path).expect("reader");
+        let buckets = reader
+            .aggregate("d7", "p", T0, T0 + total * SEC, total * SEC)
+            .expect("aggregate");
+        let count: u64 = buckets.iter().map(|b| b.count).sum();
+        assert_eq!(count, (total / 50) as u64, "{when}");
+    };
+    count_d7("after the crash");
+
+    let mut writer = open(&path);
+    assert!(!writer.index_is_current(), "the backlog waits");
+    let mut upto_seen = vec![index_rows(&path).1];
+    let mut n = total;
+    while !writer.index_is_current() {
+        let mut one = vec![reading("d7", "p", T0 + n * SEC, Value::I64(n))];
+        n += 1;
+        writer.commit(&mut one).expect("commit");
+        let (rows, upto) = index_rows(&path);
+        assert_eq!(rows, upto, "the backlog is added by seq range, in order");
+        upto_seen.push(upto);
+        count_d7_after(&path, total, n);
+        assert!(
+            upto_seen.len() < 100,
+            "the backlog must catch up: {upto_seen:?}"
+        );
+    }
+    assert!(upto_seen.windows(2).all(|w| w[0] < w[1]), "{upto_seen:?}");
+    assert!(upto_seen.len() > 3, "a chunk at a time: {upto_seen:?}");
+    assert_eq!(index_rows(&path).1, n, "caught up with the last commit");
+    count_d7_after(&path, total, n);
+}
+
+/// d7's count once readings up to `n` exist (the added ones are all d7's).
+fn count_d7_after(path: &Path, total: i64, n: i64) {
+    let reader = StoreReader::open(path).expect("reader");
+    let buckets = reader
+        .aggregate("d7", "p", T0, T0 + (n + 1) * SEC, (n + 1) * SEC)
+        .expect("aggregate");
+    let count: u64 = buckets.iter().map(|b| b.count).sum();
+    assert_eq!(count as i64, total / 50 + (n - total));
 }

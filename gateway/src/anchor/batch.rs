@@ -309,16 +309,30 @@ impl Sealer {
     /// Hashes every committed reading not yet hashed and seals the batches
     /// that are full or old enough. Returns the number sealed.
     pub fn step(&mut self, now: Instant) -> Result<usize, StoreError> {
+        self.step_chunks(now, usize::MAX).map(|(sealed, _)| sealed)
+    }
+
+    /// [`Self::step`] over at most `chunks` reads of the store (each at most
+    /// `SCAN_CHUNK` readings), so that a large backlog is sealed in steps
+    /// the caller can stop between. Returns (batches sealed, whether more
+    /// committed readings may be waiting).
+    pub fn step_chunks(
+        &mut self,
+        now: Instant,
+        chunks: usize,
+    ) -> Result<(usize, bool), StoreError> {
         let mut sealed = 0;
+        let mut more = false;
         if self.pending.len() >= self.max_readings {
             // A seal that failed last time (disk full, a lock timeout).
             self.seal()?;
             sealed += 1;
         }
-        loop {
+        for _ in 0..chunks {
             let after = self.next_seq - 1 + self.pending.len() as u64;
             let want = (self.max_readings - self.pending.len()).min(SCAN_CHUNK);
             let readings = self.reader.after_seq(after, want)?;
+            more = readings.len() == want;
             if readings.is_empty() {
                 break;
             }
@@ -360,7 +374,7 @@ impl Sealer {
             self.seal()?;
             sealed += 1;
         }
-        Ok(sealed)
+        Ok((sealed, more))
     }
 
     /// Seals what is pending, whatever its size or age (tools and tests).

@@ -101,21 +101,32 @@ impl ThreadService for SealerService {
         let mut retired_at = Instant::now();
         let mut last_error: Option<(String, Instant)> = None;
         while !shutdown.is_cancelled() {
-            if let Err(e) = self.sealer.step(Instant::now()) {
-                let msg = e.to_string();
-                if last_error
-                    .as_ref()
-                    .is_none_or(|(m, at)| *m != msg || at.elapsed() > Duration::from_secs(60))
-                {
-                    tracing::warn!(error = %msg, "sealing waits; will try again");
-                    last_error = Some((msg, Instant::now()));
+            // A chunk at a time, so a stop is not held up by a backlog
+            // (a start after an outage, a burst of ingest).
+            let more = match self.sealer.step_chunks(Instant::now(), 1) {
+                Ok((_, more)) => more,
+                Err(e) => {
+                    let msg = e.to_string();
+                    if last_error
+                        .as_ref()
+                        .is_none_or(|(m, at)| *m != msg || at.elapsed() > Duration::from_secs(60))
+                    {
+                        tracing::warn!(error = %msg, "sealing waits; will try again");
+                        last_error = Some((msg, Instant::now()));
+                    }
+                    false
                 }
-            }
+            };
             if retired_at.elapsed() >= RETIRE_EVERY {
                 retired_at = Instant::now();
                 if let Err(e) = self.sealer.drop_retired_leaves() {
                     tracing::warn!(error = %e, "dropping retired leaves failed");
                 }
+            }
+            if more {
+                // Let the runtime see the token, and go on.
+                tokio::task::yield_now().await;
+                continue;
             }
             tokio::select! {
                 () = shutdown.cancelled() => {}

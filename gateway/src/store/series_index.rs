@@ -19,9 +19,18 @@
 //!
 //! Queries read `series_ts` up to `indexed_upto` and the readings above it
 //! by seq (see `query::RANGE_SQL`), so they are right at every moment, and
-//! a crash loses nothing: at start the writer takes the readings above
-//! `indexed_upto` again (`INSERT OR IGNORE` skips what a broken pass had
-//! already added).
+//! a crash loses nothing.
+//!
+//! **What a previous run left.** Readings above `indexed_upto` at start (a
+//! crash, a stop) are not loaded into memory: the writer adds them back by
+//! seq range, straight from `readings` (`INSERT OR IGNORE ... SELECT`,
+//! skipping what a broken pass had already added), a chunk at a time,
+//! moving `indexed_upto` with every chunk — the *backlog*. Until it has
+//! caught up with the last committed seq, this run's commits only extend
+//! it; then their entries are kept in memory as above. So a start reads
+//! one number, and neither its time nor its memory depends on how the
+//! last run ended (a crash loop cannot grow a backlog it must load), and a
+//! stop need not finish a pass.
 
 use std::time::{Duration, Instant};
 
@@ -44,6 +53,10 @@ pub type Entry = (i64, i64, i64);
 
 #[derive(Debug, Default)]
 pub struct SeriesIndex {
+    /// Every reading above this seq (up to the last committed) is not in
+    /// `series_ts` and not in memory: the backlog, added by seq range.
+    /// `None` once caught up.
+    backlog: Option<i64>,
     /// Committed readings not in the current pass.
     fresh: Vec<Entry>,
     /// When the oldest of `fresh` was committed.
@@ -60,22 +73,25 @@ pub struct SeriesIndex {
 }
 
 impl SeriesIndex {
-    /// The readings above `indexed_upto` on `conn`, waiting again.
+    /// Where the index stands on `conn`: readings above `indexed_upto`
+    /// become the backlog (two lookups, nothing loaded).
     pub fn load(conn: &Connection) -> rusqlite::Result<Self> {
         let upto: i64 = conn.query_row(
             "SELECT value FROM meta WHERE key = 'indexed_upto'",
             [],
             |r| r.get(0),
         )?;
-        let fresh = conn
-            .prepare("SELECT series, ts, seq FROM readings WHERE seq > ?1")?
-            .query_map([upto], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let last: Option<i64> =
+            conn.query_row("SELECT max(seq) FROM readings", [], |r| r.get(0))?;
         Ok(Self {
-            fresh_since: (!fresh.is_empty()).then(Instant::now),
-            fresh,
+            backlog: last.filter(|&last| last > upto).map(|_| upto),
             ..Self::default()
         })
+    }
+
+    /// Readings a previous run left unindexed are still being added.
+    pub fn has_backlog(&self) -> bool {
+        self.backlog.is_some()
     }
 
     /// How many entries a commit holds now, to take back if it fails.
@@ -83,9 +99,12 @@ impl SeriesIndex {
         self.fresh.len()
     }
 
-    /// A commit adds the entry of a reading it inserts.
+    /// A commit adds the entry of a reading it inserts (while a backlog is
+    /// added by seq range, the reading is part of it instead).
     pub fn push(&mut self, entry: Entry) {
-        self.fresh.push(entry);
+        if self.backlog.is_none() {
+            self.fresh.push(entry);
+        }
     }
 
     /// The commit that pushed since `mark` rolled back.
@@ -122,7 +141,7 @@ impl SeriesIndex {
     /// a due pass nor moved the one under way for [`INDEX_IDLE`] (ingest
     /// paused); `None` with nothing waiting.
     pub fn due(&self) -> Option<Instant> {
-        let due = if !self.pass.is_empty() {
+        let due = if self.backlog.is_some() || !self.pass.is_empty() {
             self.moved_at.unwrap_or_else(Instant::now)
         } else {
             self.start_due()?
@@ -133,7 +152,7 @@ impl SeriesIndex {
     /// Starts a pass if one is due (or `now`) and none is under way.
     /// `last_seq`: the last committed seq (every entry up to it waits).
     pub fn start(&mut self, last_seq: u64, now: bool) {
-        if !self.pass.is_empty() {
+        if self.backlog.is_some() || !self.pass.is_empty() {
             return;
         }
         let Some(due) = self.start_due() else {
@@ -150,12 +169,34 @@ impl SeriesIndex {
         self.moved_at = Some(Instant::now());
     }
 
-    /// Adds up to `budget` entries of the pass in `conn`'s open
-    /// transaction (moving `indexed_upto` with the pass's last chunk).
-    /// Returns where the pass will stand once that transaction commits.
-    pub fn step(&self, conn: &Connection, budget: usize) -> rusqlite::Result<usize> {
+    /// Adds up to `budget` entries of the backlog or of the pass in
+    /// `conn`'s open transaction (moving `indexed_upto` with each backlog
+    /// chunk and with the pass's last chunk); `last_seq` is the last seq
+    /// that transaction holds. Returns where the index will stand once
+    /// that transaction commits.
+    pub fn step(&self, conn: &Connection, budget: usize, last_seq: u64) -> rusqlite::Result<Step> {
+        if let Some(after) = self.backlog {
+            let last_seq = i64::try_from(last_seq).unwrap_or(i64::MAX);
+            let budget = i64::try_from(budget.max(1)).unwrap_or(i64::MAX);
+            let upto = last_seq.min(after.saturating_add(budget));
+            // Sorted, so each series' page is written once per chunk.
+            conn.prepare_cached(
+                "INSERT OR IGNORE INTO series_ts (series, ts, seq) \
+                 SELECT series, ts, seq FROM readings WHERE seq > ?1 AND seq <= ?2 \
+                 ORDER BY series, ts",
+            )?
+            .execute([after, upto])?;
+            conn.execute(
+                "UPDATE meta SET value = ?1 WHERE key = 'indexed_upto'",
+                [upto],
+            )?;
+            return Ok(Step::Backlog {
+                upto,
+                caught_up: upto >= last_seq,
+            });
+        }
         if self.done >= self.pass.len() {
-            return Ok(self.done);
+            return Ok(Step::Pass(self.done));
         }
         let end = self.pass.len().min(self.done + budget.max(1));
         let mut insert = conn.prepare_cached(
@@ -170,11 +211,22 @@ impl SeriesIndex {
                 [self.pass_upto],
             )?;
         }
-        Ok(end)
+        Ok(Step::Pass(end))
     }
 
     /// The transaction of a [`Self::step`] committed.
-    pub fn stepped(&mut self, to: usize) {
+    pub fn stepped(&mut self, step: Step) {
+        let to = match step {
+            Step::Backlog { upto, caught_up } => {
+                if self.backlog.is_some() {
+                    self.backlog = (!caught_up).then_some(upto);
+                    self.moved_at = Some(Instant::now());
+                    self.retry_at = None;
+                }
+                return;
+            }
+            Step::Pass(to) => to,
+        };
         if to != self.done {
             self.moved_at = Some(Instant::now());
         }
@@ -194,6 +246,9 @@ impl SeriesIndex {
     /// Retention deleted every reading below `seq`: their entries are
     /// not needed any more.
     pub fn forget_below(&mut self, seq: i64) {
+        if let Some(after) = &mut self.backlog {
+            *after = (*after).max(seq - 1);
+        }
         self.fresh.retain(|e| e.2 >= seq);
         self.forget_time_if_empty();
         self.pass.drain(..self.done);
@@ -201,10 +256,21 @@ impl SeriesIndex {
         self.pass.retain(|e| e.2 >= seq);
     }
 
-    /// Nothing waits and no pass is under way.
+    /// Nothing waits, no pass is under way, no backlog is left.
     pub fn is_current(&self) -> bool {
-        self.fresh.is_empty() && self.pass.is_empty()
+        self.backlog.is_none() && self.fresh.is_empty() && self.pass.is_empty()
     }
+}
+
+/// Where a [`SeriesIndex::step`] leaves the index once its transaction
+/// commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The backlog is indexed up to `upto`; `caught_up` when that is the
+    /// last committed seq.
+    Backlog { upto: i64, caught_up: bool },
+    /// The pass's first entries up to this position are added.
+    Pass(usize),
 }
 
 #[cfg(test)]

@@ -194,9 +194,8 @@ impl StoreWriter {
                 continue;
             }
             if closed {
-                if let Err(e) = self.index_all() {
-                    tracing::warn!(error = %e, "the series index could not be completed; the next start does it");
-                }
+                // What is not in the series index yet is the next start's
+                // backlog: a stop only commits.
                 break;
             }
             if Instant::now() >= next_retention {
