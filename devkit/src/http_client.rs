@@ -28,36 +28,75 @@ impl Answer {
     }
 }
 
-/// One connection to the API.
+/// One connection to the API, opened again when the gateway closed it
+/// (its keep-alive limit, an idle timeout).
 pub struct Client {
     address: SocketAddr,
     token: Option<String>,
     sender: SendRequest<Full<Bytes>>,
+    /// The last answer said `Connection: close`.
+    closing: bool,
+}
+
+async fn handshake(address: SocketAddr) -> std::io::Result<SendRequest<Full<Bytes>>> {
+    let stream = tokio::net::TcpStream::connect(address).await?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(connection);
+    Ok(sender)
 }
 
 impl Client {
     pub async fn connect(address: SocketAddr, token: Option<&str>) -> std::io::Result<Self> {
-        let stream = tokio::net::TcpStream::connect(address).await?;
-        stream.set_nodelay(true)?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(std::io::Error::other)?;
-        tokio::spawn(connection);
         Ok(Self {
             address,
             token: token.map(str::to_owned),
-            sender,
+            sender: handshake(address).await?,
+            closing: false,
         })
     }
 
-    /// Sends a request; `headers` are extra (name, value) pairs.
-    pub async fn request(
-        &mut self,
+    /// The connection, opened again if the gateway closed the last one.
+    async fn sender(&mut self) -> std::io::Result<&mut SendRequest<Full<Bytes>>> {
+        if self.closing || self.sender.is_closed() {
+            self.sender = handshake(self.address).await?;
+            self.closing = false;
+        }
+        self.sender.ready().await.map_err(std::io::Error::other)?;
+        Ok(&mut self.sender)
+    }
+
+    /// Sends a GET and counts the answer's bytes without keeping them (a
+    /// load generator in the gateway's process must not hold answers).
+    pub async fn get_counting(&mut self, path: &str) -> std::io::Result<(StatusCode, u64)> {
+        let request = self.build(Method::GET, path, &[], None)?;
+        let response = self
+            .sender()
+            .await?
+            .send_request(request)
+            .await
+            .map_err(std::io::Error::other)?;
+        self.closing = closes(response.headers());
+        let status = response.status();
+        let mut body = response.into_body();
+        let mut bytes = 0u64;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.map_err(std::io::Error::other)?.into_data() {
+                bytes += data.len() as u64;
+            }
+        }
+        Ok((status, bytes))
+    }
+
+    fn build(
+        &self,
         method: Method,
         path: &str,
         headers: &[(&str, &str)],
         body: Option<Vec<u8>>,
-    ) -> std::io::Result<Answer> {
+    ) -> std::io::Result<Request<Full<Bytes>>> {
         let mut request = Request::builder()
             .method(method)
             .uri(path)
@@ -71,15 +110,27 @@ impl Client {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let request = request
+        request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(std::io::Error::other)?;
-        self.sender.ready().await.map_err(std::io::Error::other)?;
+            .map_err(std::io::Error::other)
+    }
+
+    /// Sends a request; `headers` are extra (name, value) pairs.
+    pub async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> std::io::Result<Answer> {
+        let request = self.build(method, path, headers, body)?;
         let response = self
-            .sender
+            .sender()
+            .await?
             .send_request(request)
             .await
             .map_err(std::io::Error::other)?;
+        self.closing = closes(response.headers());
         let (parts, body) = response.into_parts();
         let body = body
             .collect()
@@ -125,4 +176,12 @@ impl Client {
         let status = response.status();
         Ok((status, response.into_body()))
     }
+}
+
+/// Whether an answer closes its connection.
+fn closes(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("close"))
 }

@@ -40,10 +40,18 @@ pub fn bucket_cells(b: &Bucket) -> [String; 7] {
 }
 
 /// A bucket as JSON: its fields plus `time` (the start in RFC 3339).
-pub fn bucket_json(b: &Bucket) -> serde_json::Value {
-    let mut v = serde_json::to_value(b).unwrap_or_default();
-    v["time"] = serde_json::json!(format_rfc3339(b.start));
-    v
+#[derive(Debug, serde::Serialize)]
+pub struct BucketJson<'a> {
+    #[serde(flatten)]
+    pub bucket: &'a Bucket,
+    pub time: String,
+}
+
+pub fn bucket_json(b: &Bucket) -> BucketJson<'_> {
+    BucketJson {
+        bucket: b,
+        time: format_rfc3339(b.start),
+    }
 }
 
 /// Writes a header line and rows as CSV.
@@ -54,15 +62,20 @@ pub fn write_csv<R: AsRef<[String]>>(
 ) -> std::io::Result<()> {
     writeln!(out, "{}", header.join(","))?;
     for row in rows {
-        for (i, cell) in row.as_ref().iter().enumerate() {
-            if i > 0 {
-                out.write_all(b",")?;
-            }
-            out.write_all(csv_cell(cell).as_bytes())?;
-        }
-        out.write_all(b"\n")?;
+        write_csv_row(out, row.as_ref())?;
     }
     Ok(())
+}
+
+/// Writes one row of CSV cells and its line end.
+pub fn write_csv_row(out: &mut impl Write, row: &[String]) -> std::io::Result<()> {
+    for (i, cell) in row.iter().enumerate() {
+        if i > 0 {
+            out.write_all(b",")?;
+        }
+        out.write_all(csv_cell(cell).as_bytes())?;
+    }
+    out.write_all(b"\n")
 }
 
 fn csv_cell(cell: &str) -> std::borrow::Cow<'_, str> {

@@ -2,8 +2,10 @@
 //! limits (`docs/api.md`). Owned by the API; `crate::config` composes it.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use biota_common::config::{ConfigError, Problems, Validate};
+use biota_common::time::serde_duration;
 use serde::Deserialize;
 
 /// `[api]`: see `docs/api.md`.
@@ -54,6 +56,27 @@ pub struct ApiConfig {
     /// Most readings one range page returns (`limit`). Default: 10000.
     #[serde(default = "default_api_max_page")]
     pub max_page: usize,
+    /// Queries of the store running (and heavy answers being sent) at
+    /// once; more wait their turn, up to 30 s, then get 503. Bounds the
+    /// memory answers take. Default: 4.
+    #[serde(default = "default_heavy_queries")]
+    pub heavy_queries: usize,
+    /// A client must send a request's headers within this time; on a
+    /// keep-alive connection the time runs from the previous answer, so it
+    /// is also how long an idle connection is kept. Default: `10s`.
+    #[serde(default = "default_header_timeout", with = "serde_duration")]
+    pub header_timeout: Duration,
+    /// ... and its body within this time. Default: `30s`.
+    #[serde(default = "default_body_timeout", with = "serde_duration")]
+    pub body_timeout: Duration,
+    /// A client that takes nothing of its answer for this long is
+    /// disconnected. Default: `30s`.
+    #[serde(default = "default_write_timeout", with = "serde_duration")]
+    pub write_timeout: Duration,
+    /// Requests on one keep-alive connection; the last answer closes it.
+    /// Default: 1000.
+    #[serde(default = "default_max_requests_per_connection")]
+    pub max_requests_per_connection: usize,
 }
 
 /// `[api.tls]`.
@@ -84,6 +107,11 @@ impl Default for ApiConfig {
             sse_max_subscribers: default_sse_max_subscribers(),
             sse_buffer: default_sse_buffer(),
             max_page: default_api_max_page(),
+            heavy_queries: default_heavy_queries(),
+            header_timeout: default_header_timeout(),
+            body_timeout: default_body_timeout(),
+            write_timeout: default_write_timeout(),
+            max_requests_per_connection: default_max_requests_per_connection(),
         }
     }
 }
@@ -115,6 +143,21 @@ fn default_sse_buffer() -> usize {
 fn default_api_max_page() -> usize {
     10_000
 }
+fn default_heavy_queries() -> usize {
+    4
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_write_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_requests_per_connection() -> usize {
+    1000
+}
 
 impl Validate for ApiConfig {
     fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
@@ -138,6 +181,22 @@ impl Validate for ApiConfig {
         p.range("sse_max_subscribers", self.sse_max_subscribers, 0, 10_000);
         p.range("sse_buffer", self.sse_buffer, 1, 65_536);
         p.range("max_page", self.max_page, 1, 1_000_000);
+        p.range("heavy_queries", self.heavy_queries, 1, 256);
+        p.range(
+            "max_requests_per_connection",
+            self.max_requests_per_connection,
+            1,
+            1_000_000,
+        );
+        for (key, value) in [
+            ("header_timeout", self.header_timeout),
+            ("body_timeout", self.body_timeout),
+            ("write_timeout", self.write_timeout),
+        ] {
+            if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&value) {
+                p.add(key, "must be between 100ms and 1h");
+            }
+        }
         if !(1024..=64 << 20).contains(&self.max_body) {
             p.add(
                 "max_body",

@@ -8,8 +8,9 @@
 //! - [`prometheus`]: `/metrics` in the Prometheus text format.
 //! - [`anchoring`]: batches, anchors and proof bundles.
 //! - [`console`]: the embedded web console.
-//! - [`server`]: the accept loop (plain HTTP or rustls), connection limit,
-//!   graceful shutdown.
+//! - [`server`]: the accept loop (plain HTTP or rustls), connection limit
+//!   and overflow lane, timeouts, keep-alive limit, graceful shutdown.
+//! - [`answer`]: large answers written a chunk at a time.
 //! - here: [`ApiService`] (bind, then serve until shutdown), the shared
 //!   [`ApiState`], the route table and token checks.
 //!
@@ -17,6 +18,7 @@
 //! writes go through the one command path, [`CommandBus`]. See `docs/api.md`.
 
 pub mod anchoring;
+pub mod answer;
 pub mod auth;
 pub mod config;
 pub mod console;
@@ -89,9 +91,14 @@ pub struct ApiState {
     pub tokens: Tokens,
     pub shutdown: CancellationToken,
     readers: Mutex<Vec<StoreReader>>,
+    /// Store queries running (and heavy answers being sent) at once.
+    heavy: Arc<tokio::sync::Semaphore>,
     /// The tree of the batch proofs were last asked for.
     pub proof_trees: Mutex<crate::anchor::proof::TreeCache>,
 }
+
+/// How long a query waits for a permit before it is answered 503.
+const HEAVY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Readers kept open between requests.
 const IDLE_READERS: usize = 8;
@@ -99,8 +106,8 @@ const IDLE_READERS: usize = 8;
 impl ApiState {
     pub fn new(api: ApiConfig, wiring: Wiring, shutdown: CancellationToken) -> Self {
         Self {
+            api: api.clone(),
             tokens: Tokens::new(&api.tokens, wiring.token_file),
-            api,
             db: wiring.db,
             bindings: wiring.bindings,
             anchoring: wiring.anchoring,
@@ -109,12 +116,50 @@ impl ApiState {
             live: wiring.live,
             shutdown,
             readers: Mutex::new(Vec::new()),
+            heavy: Arc::new(tokio::sync::Semaphore::new(api.heavy_queries)),
             proof_trees: Mutex::default(),
         }
     }
 
-    /// Runs `query` on the blocking pool with a pooled reader.
+    /// Runs `query` on the blocking pool with a pooled reader, holding a
+    /// heavy-query permit while it runs.
     pub async fn query<T, F>(self: &Arc<Self>, query: F) -> Result<T, HttpError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&StoreReader) -> Result<T, HttpError> + Send + 'static,
+    {
+        self.query_rows(query).await.map(|(rows, _)| rows)
+    }
+
+    /// [`Self::query`], returning the permit with the result: a large
+    /// answer keeps it until it is sent ([`answer::Streamed`]).
+    pub async fn query_rows<T, F>(
+        self: &Arc<Self>,
+        query: F,
+    ) -> Result<(T, tokio::sync::OwnedSemaphorePermit), HttpError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&StoreReader) -> Result<T, HttpError> + Send + 'static,
+    {
+        let permit = tokio::time::timeout(HEAVY_WAIT, self.heavy.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| {
+                HttpError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    format!(
+                        "{} queries are running and none ended within {HEAVY_WAIT:?}; try again",
+                        self.api.heavy_queries
+                    ),
+                )
+            })?;
+        let rows = self.run_query(query).await?;
+        Ok((rows, permit))
+    }
+
+    async fn run_query<T, F>(self: &Arc<Self>, query: F) -> Result<T, HttpError>
     where
         T: Send + 'static,
         F: FnOnce(&StoreReader) -> Result<T, HttpError> + Send + 'static,
@@ -148,7 +193,6 @@ pub struct ApiService {
     address: SocketAddr,
     tls: Option<Arc<rustls::ServerConfig>>,
     state: Arc<ApiState>,
-    max_connections: usize,
 }
 
 impl ApiService {
@@ -181,7 +225,6 @@ impl ApiService {
             address,
             tls,
             state: Arc::new(ApiState::new(api.clone(), wiring, shutdown)),
-            max_connections: api.max_connections,
         })
     }
 
@@ -199,10 +242,17 @@ impl ThreadService for ApiService {
 
     async fn run(self, shutdown: CancellationToken) {
         tracing::info!(address = %self.address, tls = self.tls.is_some(), "API listening");
+        let api = &self.state.api;
+        let limits = server::Limits {
+            max_connections: api.max_connections,
+            header_timeout: api.header_timeout,
+            write_timeout: api.write_timeout,
+            max_requests: api.max_requests_per_connection,
+        };
         let router = router(self.state);
         match tokio::net::TcpListener::from_std(self.listener) {
             Ok(listener) => {
-                server::serve(listener, self.tls, router, self.max_connections, shutdown).await;
+                server::serve(listener, self.tls, router, limits, shutdown).await;
             }
             Err(e) => tracing::error!(error = %e, "API: cannot use its listener"),
         }
@@ -252,15 +302,57 @@ pub fn router(state: Arc<ApiState>) -> Router {
         // axum 0.7 writes path parameters as `:name`, OpenAPI as `{name}`.
         router = router.route(&path.replace('{', ":").replace('}', ""), handler);
     }
+    let max_body = state.api.max_body;
     router
         .merge(console::routes())
         .fallback(|| async {
             HttpError::not_found("no such resource (the API is described at /v1/openapi.json)")
         })
         .layer(DefaultBodyLimit::max(
-            usize::try_from(state.api.max_body).unwrap_or(usize::MAX),
+            usize::try_from(max_body).unwrap_or(usize::MAX),
         ))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            too_large(max_body, request, next)
+        }))
         .with_state(state)
+}
+
+/// A body announced larger than `max_body` is refused before anything
+/// else (token checks included) and before a byte of it is read.
+async fn too_large(
+    max_body: u64,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match announced {
+        Some(length) if length > max_body => HttpError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "bad_body",
+            format!("the body is {length} bytes; at most {max_body} are accepted"),
+        )
+        .into_response(),
+        _ => next.run(request).await,
+    }
+}
+
+/// What the overflow lane serves (`server`): health and readiness, and
+/// 503 for everything else while every connection slot is taken.
+pub(crate) fn health_only(router: Router) -> Router {
+    Router::new()
+        .route("/v1/health", axum::routing::any_service(router.clone()))
+        .route("/v1/ready", axum::routing::any_service(router))
+        .fallback(|| async {
+            HttpError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "every connection slot is taken; only /v1/health and /v1/ready are answered now",
+            )
+        })
 }
 
 async fn openapi() -> impl IntoResponse {

@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -18,11 +17,14 @@ use axum::response::{IntoResponse, Response};
 use biota_drivers::RawValue;
 use serde_json::{Value as Json, json};
 
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::answer::{Streamed, WriteRow, json_string};
 use super::{ApiState, Authorized, HttpError, Read, Write};
-use crate::cdm::{Reading, ReadingJson};
+use crate::cdm::Reading;
 use crate::command::WriteCommand;
 use crate::export::{
-    BUCKET_COLUMNS, READING_COLUMNS, bucket_cells, bucket_json, reading_cells, write_csv,
+    BUCKET_COLUMNS, READING_COLUMNS, bucket_cells, bucket_json, reading_cells, write_csv_row,
 };
 use crate::live::Next;
 use crate::store::Cursor;
@@ -116,15 +118,22 @@ impl Params {
         }
     }
 
-    /// `from` and `to` (defaults: `to` = now, `from` = `to` - `span`).
-    fn window(&self, span: i64) -> Result<(i64, i64), HttpError> {
+    /// `from` and `to` (defaults: `to` = now, `from` = `to` - `span`),
+    /// and the nanoseconds between them, which must fit an i64.
+    fn window(&self, span: i64) -> Result<(i64, i64, i64), HttpError> {
         let now = now_ns();
         let to = self.time("to", now, now)?;
         let from = self.time("from", to.saturating_sub(span), now)?;
         if from > to {
             return Err(HttpError::bad_parameter("from", "`from` is after `to`"));
         }
-        Ok((from, to))
+        let width = to.checked_sub(from).ok_or_else(|| {
+            HttpError::bad_parameter(
+                "from",
+                "`from` and `to` are more than 292 years apart; choose a shorter range",
+            )
+        })?;
+        Ok((from, to, width))
     }
 }
 
@@ -132,22 +141,45 @@ pub(super) fn json_response(body: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-fn csv_response(body: Vec<u8>) -> Response {
-    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response()
+/// Readings as a streamed JSON answer (`prefix`, the readings, `suffix`),
+/// each serialized without an intermediate `Value`.
+fn readings_streamed(
+    prefix: Vec<u8>,
+    readings: Vec<Reading>,
+    suffix: Vec<u8>,
+    permit: OwnedSemaphorePermit,
+) -> Response {
+    Streamed {
+        content_type: "application/json",
+        prefix,
+        rows: readings,
+        separator: b",",
+        write_row: |r, out| {
+            let _ = serde_json::to_writer(out, &r.json_view());
+        },
+        suffix,
+        permit,
+    }
+    .into_response()
 }
 
-fn csv_body<R: AsRef<[String]>>(
+/// Rows as a streamed CSV answer with `header`.
+fn csv_streamed<T: Send + 'static>(
     header: &[&str],
-    rows: impl IntoIterator<Item = R>,
-) -> Result<Vec<u8>, HttpError> {
-    let mut out = Vec::new();
-    write_csv(&mut out, header, rows).map_err(|e| HttpError::internal("writing CSV", &e))?;
-    Ok(out)
-}
-
-/// Readings as a JSON array, serialized without an intermediate `Value`.
-fn readings_json(readings: &[Reading]) -> Vec<ReadingJson<'_>> {
-    readings.iter().map(Reading::json_view).collect()
+    rows: Vec<T>,
+    write_row: WriteRow<T>,
+    permit: OwnedSemaphorePermit,
+) -> Response {
+    Streamed {
+        content_type: "text/csv; charset=utf-8",
+        prefix: format!("{}\n", header.join(",")).into_bytes(),
+        rows,
+        separator: b"",
+        write_row,
+        suffix: Vec::new(),
+        permit,
+    }
+    .into_response()
 }
 
 /// Encodes an answer.
@@ -293,19 +325,15 @@ pub async fn latest(
 ) -> Result<Response, HttpError> {
     params.only(&["device"])?;
     let device = params.get("device").map(str::to_owned);
-    let body = state
-        .query(move |r| {
-            let readings = r.latest(device.as_deref())?;
-            #[derive(serde::Serialize)]
-            struct Latest<'a> {
-                readings: Vec<ReadingJson<'a>>,
-            }
-            encode(&Latest {
-                readings: readings_json(&readings),
-            })
-        })
+    let (readings, permit) = state
+        .query_rows(move |r| Ok(r.latest(device.as_deref())?))
         .await?;
-    Ok(json_response(body))
+    Ok(readings_streamed(
+        b"{\"readings\":[".to_vec(),
+        readings,
+        b"]}".to_vec(),
+        permit,
+    ))
 }
 
 /// `GET .../range?from&to&limit&cursor&format`: one page of a point's
@@ -319,7 +347,7 @@ pub async fn range(
     params: Params,
 ) -> Result<Response, HttpError> {
     params.only(&["from", "to", "limit", "cursor", "format"])?;
-    let (from, to) = params.window(3_600_000_000_000)?;
+    let (from, to, _) = params.window(3_600_000_000_000)?;
     let limit = params.number(
         "limit",
         DEFAULT_LIMIT.min(state.api.max_page),
@@ -333,34 +361,36 @@ pub async fn range(
         ),
     };
     let csv = params.csv(&headers)?;
-    let (body, next) = state
-        .query(move |r| {
-            let page = r.range(&device, &point, from, to, limit, cursor)?;
-            let next = page.next.map(|c| c.to_string());
-            let body = if csv {
-                csv_body(&READING_COLUMNS, page.readings.iter().map(reading_cells))?
-            } else {
-                #[derive(serde::Serialize)]
-                struct PageJson<'a> {
-                    device: &'a str,
-                    point: &'a str,
-                    readings: Vec<ReadingJson<'a>>,
-                    next: &'a Option<String>,
-                }
-                encode(&PageJson {
-                    device: &device,
-                    point: &point,
-                    readings: readings_json(&page.readings),
-                    next: &next,
-                })?
-            };
-            Ok((body, next))
-        })
+    let head = format!(
+        "{{\"device\":{},\"point\":{},\"readings\":[",
+        json_string(&device),
+        json_string(&point)
+    );
+    let (page, permit) = state
+        .query_rows(move |r| Ok(r.range(&device, &point, from, to, limit, cursor)?))
         .await?;
+    let next = page.next.map(|c| c.to_string());
     if !csv {
-        return Ok(json_response(body));
+        let tail = format!(
+            "],\"next\":{}}}",
+            next.as_deref()
+                .map_or_else(|| "null".to_owned(), json_string)
+        );
+        return Ok(readings_streamed(
+            head.into_bytes(),
+            page.readings,
+            tail.into_bytes(),
+            permit,
+        ));
     }
-    let mut response = csv_response(body);
+    let mut response = csv_streamed(
+        &READING_COLUMNS,
+        page.readings,
+        |r, out| {
+            let _ = write_csv_row(out, &reading_cells(r));
+        },
+        permit,
+    );
     if let Some(next) = next.and_then(|n| HeaderValue::from_str(&n).ok()) {
         response.headers_mut().insert("x-next-cursor", next);
     }
@@ -377,7 +407,7 @@ pub async fn aggregate(
     params: Params,
 ) -> Result<Response, HttpError> {
     params.only(&["from", "to", "bucket", "format"])?;
-    let (from, to) = params.window(86_400_000_000_000)?;
+    let (from, to, width) = params.window(86_400_000_000_000)?;
     let bucket = match params.get("bucket") {
         None => 60_000_000_000,
         Some(b) => parse_duration(b)
@@ -391,29 +421,46 @@ pub async fn aggregate(
                 )
             })?,
     };
-    if (to - from) / bucket > MAX_BUCKETS {
+    if width / bucket > MAX_BUCKETS {
         return Err(HttpError::bad_parameter(
             "bucket",
             format!("more than {MAX_BUCKETS} buckets: choose a wider bucket or a shorter range"),
         ));
     }
     let csv = params.csv(&headers)?;
-    let body = state
-        .query(move |r| {
-            let buckets = r.aggregate(&device, &point, from, to, bucket)?;
-            if csv {
-                return csv_body(&BUCKET_COLUMNS, buckets.iter().map(bucket_cells));
-            }
-            let list: Vec<Json> = buckets.iter().map(bucket_json).collect();
-            encode(
-                &json!({ "device": device, "point": point, "bucket_ns": bucket, "buckets": list }),
-            )
-        })
+    let (head, tail) = (
+        format!(
+            "{{\"device\":{},\"point\":{},\"bucket_ns\":{bucket},\"buckets\":[",
+            json_string(&device),
+            json_string(&point)
+        ),
+        "]}",
+    );
+    let (buckets, permit) = state
+        .query_rows(move |r| Ok(r.aggregate(&device, &point, from, to, bucket)?))
         .await?;
     Ok(if csv {
-        csv_response(body)
+        csv_streamed(
+            &BUCKET_COLUMNS,
+            buckets,
+            |b, out| {
+                let _ = write_csv_row(out, &bucket_cells(b));
+            },
+            permit,
+        )
     } else {
-        json_response(body)
+        Streamed {
+            content_type: "application/json",
+            prefix: head.into_bytes(),
+            rows: buckets,
+            separator: b",",
+            write_row: |b, out| {
+                let _ = serde_json::to_writer(out, &bucket_json(b));
+            },
+            suffix: tail.as_bytes().to_vec(),
+            permit,
+        }
+        .into_response()
     })
 }
 
@@ -424,16 +471,34 @@ pub async fn write(
     State(state): State<Arc<ApiState>>,
     Path((device, point)): Path<(String, String)>,
     params: Params,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, HttpError> {
     params.only(&[])?;
-    let body = body.map_err(|e| {
-        HttpError::new(
-            e.status(),
-            "bad_body",
-            format!("the request body: {}", e.body_text()),
-        )
-    })?;
+    // The whole body within `body_timeout`: a client that trickles it
+    // does not hold its connection.
+    let limit = usize::try_from(state.api.max_body).unwrap_or(usize::MAX);
+    let body = match tokio::time::timeout(state.api.body_timeout, axum::body::to_bytes(body, limit))
+        .await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) => {
+            return Err(HttpError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "bad_body",
+                format!("the request body: {e}"),
+            ));
+        }
+        Err(_) => {
+            return Err(HttpError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {:?}",
+                    state.api.body_timeout
+                ),
+            ));
+        }
+    };
     let request: Json = serde_json::from_slice(&body)
         .map_err(|e| HttpError::bad_parameter("body", format!("not JSON: {e}")))?;
     let Some(fields) = request.as_object() else {

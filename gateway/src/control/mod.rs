@@ -42,8 +42,12 @@ use crate::status::Status;
 const MAX_REQUEST: usize = 64 * 1024;
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 16;
-/// A connection that sends nothing for this long is closed.
-const IDLE: Duration = Duration::from_secs(60);
+/// A connection that sends no request line for this long is closed. Our
+/// clients send theirs at once; idle connections must not hold the slots
+/// the command line needs (17 idle ones made `devices` fail after 40 s).
+const IDLE: Duration = Duration::from_secs(5);
+/// A client that takes nothing of its answer for this long is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The socket's path for a state directory.
 pub fn socket_path(state_dir: &Path) -> PathBuf {
@@ -180,7 +184,7 @@ async fn connection(stream: UnixStream, bus: &CommandBus, status: &Status) {
         let mut text = answer.to_string();
         text.push('\n');
         // A client that does not read its answers does not hold a slot.
-        let sent = tokio::time::timeout(IDLE, write.write_all(text.as_bytes())).await;
+        let sent = tokio::time::timeout(WRITE_TIMEOUT, write.write_all(text.as_bytes())).await;
         if !matches!(sent, Ok(Ok(()))) || read > MAX_REQUEST {
             return;
         }

@@ -4,7 +4,13 @@
 //!    as answers come, for the latest value of 10,000 points, then for a
 //!    24 h aggregate in 1 m buckets (the `bench query` database); p50/p99
 //!    and requests/s.
-//! 2. SSE fan-out: the sim driver commits `rate` readings/s (10,000) while
+//! 2. Worst case for memory: the same clients each asking, as fast as
+//!    answers come, for the largest aggregate the API gives (86,400 1 s
+//!    buckets of the 24 h point, under the 100,000-bucket cap); the peak
+//!    resident memory of the process (gateway and load generator, which
+//!    counts answers without keeping them) against the unit's
+//!    `MemoryMax=512M`.
+//! 3. SSE fan-out: the sim driver commits `rate` readings/s (10,000) while
 //!    `subscribers` (100) streams read every reading; the cost is the CPU
 //!    time of the API's thread per second, with the same load and no
 //!    subscriber as the baseline, and whether every subscriber kept up.
@@ -79,8 +85,8 @@ pub async fn api(
             format!("/v1/devices/trend/points/t/aggregate?from={start_ns}&to={now_ns}&bucket=1m"),
         ),
     ];
-    for (name, path) in cases {
-        let (latencies, bytes) = load(address, &path, clients, duration).await?;
+    for (name, path) in &cases {
+        let (latencies, bytes) = load(address, path, clients, duration).await?;
         let n = latencies.len();
         let pct = |p: f64| latencies[((n as f64 * p) as usize).min(n - 1)];
         println!(
@@ -91,10 +97,77 @@ pub async fn api(
             thousands(bytes),
         );
     }
+    worst_case(address, start_ns, now_ns, clients, duration).await?;
     shutdown.cancel();
     gateway.stopped().await;
 
     fan_out(dir, subscribers, rate, duration).await
+}
+
+/// The unit's memory limit (systemd/biota-gateway.service).
+const MEMORY_MAX: u64 = 512 << 20;
+
+async fn worst_case(
+    address: SocketAddr,
+    start_ns: i64,
+    now_ns: i64,
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<()> {
+    let path =
+        format!("/v1/devices/trend/points/t/aggregate?from={start_ns}&to={now_ns}&bucket=1s");
+    let before = biota_gateway::metrics::rss_bytes();
+    let peak = Arc::new(AtomicU64::new(before));
+    let sampling = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(biota_gateway::metrics::rss_bytes(), Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let deadline = Instant::now() + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let path = path.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = Client::connect(address, Some(TOKEN)).await?;
+            let (mut answers, mut busy, mut bytes) = (0u64, 0u64, 0u64);
+            while Instant::now() < deadline {
+                let (status, n) = client.get_counting(&path).await?;
+                match status.as_u16() {
+                    200 => {
+                        answers += 1;
+                        bytes = n;
+                    }
+                    503 => busy += 1,
+                    other => anyhow::bail!("{path}: {other}"),
+                }
+            }
+            anyhow::Ok((answers, busy, bytes))
+        }));
+    }
+    let (mut answers, mut busy, mut bytes) = (0, 0, 0);
+    for task in tasks {
+        let (a, b, n) = task.await??;
+        answers += a;
+        busy += b;
+        bytes = bytes.max(n);
+    }
+    sampling.abort();
+    let peak = peak.load(Relaxed);
+    println!(
+        "worst case: {clients} clients x 86,400-bucket aggregates ({} bytes each), {answers} answered, {busy} told busy (503)",
+        thousands(bytes)
+    );
+    println!(
+        "rss peak {:.1} MB = {:.1}% of MemoryMax (512 MiB)   (before {:.1} MB; whole process incl. the load generator)",
+        peak as f64 / 1e6,
+        100.0 * peak as f64 / MEMORY_MAX as f64,
+        before as f64 / 1e6
+    );
+    Ok(())
 }
 
 /// `clients` connections asking for `path` until `duration` passed;
