@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import EXIT_CONFIG, run_cli
 from test_modbus_tcp import free_port, wait_until
 from test_mqtt import latest
 
@@ -116,13 +116,19 @@ def test_server_authentication_only_without_client_ca(gateway_bin, spawn, write_
     assert gw.stop() == 0
 
 
-def test_a_bad_certificate_fails_the_start_naming_the_file(gateway_bin, spawn, write_config, state_dir, pki):
+def test_a_bad_certificate_is_a_configuration_error_naming_the_file(gateway_bin, spawn, write_config, state_dir, pki):
     (pki / "broken.pem").write_text("not a certificate\n")
     text = broker_config(free_port(), free_port(), pki, client_ca=False).replace(
         str(pki / "server.pem"), str(pki / "broken.pem")
     )
-    gw = spawn(gateway_bin, write_config(text), state_dir)
-    assert gw.wait_exit(timeout=30) == 1
+    config = write_config(text)
+    # A configuration error (exit 78, which the unit does not restart),
+    # found by check-config too, naming the key and the file.
+    checked = run_cli(gateway_bin, "check-config", config, "--state-dir", state_dir)
+    assert checked.returncode == EXIT_CONFIG, checked
+    assert "drivers.mqtt.broker.tls" in checked.stderr and "broken.pem" in checked.stderr, checked.stderr
+    gw = spawn(gateway_bin, config, state_dir)
+    assert gw.wait_exit(timeout=30) == EXIT_CONFIG
     assert "broken.pem" in gw.stderr()
 
 

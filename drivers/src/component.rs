@@ -86,6 +86,11 @@ pub trait DriverConfig: Validate + Send + Sync {
         Vec::new()
     }
 
+    /// Checks the files the section names (certificates, keys) can be
+    /// read and used, for `check-config` and before a start. Default:
+    /// names none.
+    fn check_files(&self, _path: &str, _errors: &mut Vec<ConfigError>) {}
+
     /// Builds the running component. Binds what it listens on, so that a
     /// taken port fails here, before the gateway has started anything.
     fn build(&self, context: BuildContext) -> Result<Component, BoxError>;
@@ -144,6 +149,13 @@ impl crate::DriversConfig {
     pub fn validate(&self, prefix: &str, errors: &mut Vec<ConfigError>) {
         for (name, section) in self.sections() {
             section.validate(&biota_common::config::key_path(prefix, name), errors);
+        }
+    }
+
+    /// Every configured driver's file checks ([`DriverConfig::check_files`]).
+    pub fn check_files(&self, prefix: &str, errors: &mut Vec<ConfigError>) {
+        for (name, section) in self.sections() {
+            section.check_files(&biota_common::config::key_path(prefix, name), errors);
         }
     }
 

@@ -7,7 +7,7 @@
 //! [`EXIT_CONFIG`] on any of them. `config/gateway.toml` is the commented
 //! sample with every default.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -18,6 +18,7 @@ use serde::Deserialize;
 use crate::anchor::config::AnchorConfig;
 use crate::api::config::ApiConfig;
 use crate::cdm;
+use crate::control::config::ControlConfig;
 use crate::logging::LogConfig;
 use crate::normalize::config::{ProfileConfig, validate_profiles};
 use crate::pipeline::PipelineConfig;
@@ -65,6 +66,10 @@ pub struct GatewayConfig {
     /// section it listens on localhost unless told otherwise.
     #[serde(default)]
     pub api: Option<ApiConfig>,
+    /// `[control]`: who may write through the control socket. Defaults:
+    /// see [`ControlConfig`].
+    #[serde(default)]
+    pub control: ControlConfig,
 }
 
 /// One problem in a configuration file.
@@ -124,20 +129,15 @@ impl GatewayConfig {
             file: file.to_owned(),
             issues,
         };
-        let located = toml::de::DeTable::parse(text).map_err(|e| {
+        let syntax = |e: toml::de::Error| {
             fail(vec![ConfigIssue {
-                key: String::new(),
+                key: e.span().map(|s| key_at(text, s.start)).unwrap_or_default(),
                 line: e.span().map(|s| line_of(text, s.start)),
                 reason: format!("invalid TOML: {}", e.message().trim()),
             }])
-        })?;
-        let deserializer = toml::de::Deserializer::parse(text).map_err(|e| {
-            fail(vec![ConfigIssue {
-                key: String::new(),
-                line: e.span().map(|s| line_of(text, s.start)),
-                reason: format!("invalid TOML: {}", e.message().trim()),
-            }])
-        })?;
+        };
+        let located = toml::de::DeTable::parse(text).map_err(syntax)?;
+        let deserializer = toml::de::Deserializer::parse(text).map_err(syntax)?;
         let config: Self = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let key = match e.path().to_string() {
                 p if p == "." => String::new(),
@@ -183,6 +183,7 @@ impl GatewayConfig {
         self.store.validate("store", &mut errors);
         self.pipeline.validate("pipeline", &mut errors);
         self.log.validate("log", &mut errors);
+        self.control.validate("control", &mut errors);
         validate_profiles(&self.profiles, &mut errors);
         self.drivers.validate("drivers", &mut errors);
 
@@ -219,6 +220,70 @@ impl GatewayConfig {
         // Copies of one device entry repeat the same error: report it once.
         errors.dedup();
         errors
+    }
+
+    /// Checks that every file the configuration names can be read and
+    /// used — TLS certificates and keys, the anchoring key (owner-only),
+    /// the API's token file (not readable by every user) — with relative
+    /// paths taken in `state_dir`. `check-config` and `run` both check, so a
+    /// file problem is a configuration error (exit 78), not a start that
+    /// fails and is restarted for ever. `file` names the configuration in
+    /// the errors.
+    pub fn check_files(&self, file: &Path, state_dir: &Path) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        let mut err = |key_path: &str, reason: String| {
+            errors.push(SectionError {
+                key_path: key_path.to_owned(),
+                reason,
+            })
+        };
+        if let Some(api) = &self.api {
+            if let Some(tls) = &api.tls
+                && let Err(e) =
+                    biota_common::tls::server_config(&tls.cert, &tls.key, tls.client_ca.as_deref())
+            {
+                err("api.tls", e.to_string());
+            }
+            if let Err(e) = crate::api::auth::load_file(&self.token_path(state_dir)) {
+                err("api.token_file", e.to_string());
+            }
+        }
+        if let Some(Err(e)) = self
+            .uplink
+            .as_ref()
+            .and_then(|u| u.tls.as_ref())
+            .map(biota_common::tls::ClientTls::client_config)
+        {
+            err("uplink.tls", e.to_string());
+        }
+        if let Some(evm) = &self.anchor.evm
+            && self.anchor.backend == crate::anchor::config::AnchorBackend::Evm
+            && let Err(e) = crate::anchor::chain::load_key(&state_dir.join(&evm.key_file))
+        {
+            err("anchor.evm.key_file", e.to_string());
+        }
+        if let Err(e) = self.control.write_gid() {
+            err("control.write_group", e);
+        }
+        self.drivers.check_files("drivers", &mut errors);
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let located = toml::de::DeTable::parse(&text).ok();
+        Err(ConfigError {
+            file: file.to_owned(),
+            issues: errors
+                .into_iter()
+                .map(|e| ConfigIssue {
+                    line: located
+                        .as_ref()
+                        .and_then(|t| find_line(&text, t.get_ref(), &e.key_path)),
+                    key: e.key_path,
+                    reason: e.reason,
+                })
+                .collect(),
+        })
     }
 
     /// The token file of the API for a state directory.
@@ -264,6 +329,62 @@ fn line_of(text: &str, offset: usize) -> usize {
         .filter(|&&b| b == b'\n')
         .count()
         + 1
+}
+
+/// The key path at byte `offset` of the text, from the lines before it:
+/// the table header in force (`[a.b]`, or `[[a.b]]` counted into
+/// `a.b[n]`) and the key its line sets, or the header itself when the
+/// offset is on one. For errors TOML's parser reports by position only
+/// (a duplicate key).
+fn key_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let mut table = String::new();
+    let mut arrays: HashMap<String, usize> = HashMap::new();
+    let mut start = 0;
+    for line in text.split_inclusive('\n') {
+        let end = start + line.len();
+        let trimmed = line.trim();
+        let header = trimmed
+            .strip_prefix("[[")
+            .and_then(|h| h.split("]]").next())
+            .map(|h| (clean_key(h), true))
+            .or_else(|| {
+                trimmed
+                    .strip_prefix('[')
+                    .and_then(|h| h.split(']').next())
+                    .map(|h| (clean_key(h), false))
+            });
+        let on_this_line = (start..end.max(start + 1)).contains(&offset);
+        if let Some((name, array)) = header {
+            table = if array {
+                let n = arrays.entry(name.clone()).or_insert(0);
+                *n += 1;
+                format!("{name}[{}]", *n - 1)
+            } else {
+                name
+            };
+            if on_this_line {
+                return table;
+            }
+        } else if on_this_line {
+            let key = trimmed.split('=').next().map(clean_key).unwrap_or_default();
+            return match (table.is_empty(), key.is_empty()) {
+                (_, true) => table,
+                (true, false) => key,
+                (false, false) => format!("{table}.{key}"),
+            };
+        }
+        start = end;
+    }
+    table
+}
+
+/// A TOML key as written (`a . "b"`), as a path (`a.b`).
+fn clean_key(key: &str) -> String {
+    key.split('.')
+        .map(|part| part.trim().trim_matches('"').trim_matches('\''))
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// The line of a key path like `drivers.sim.devices[1].points[0].rate`,
@@ -416,6 +537,26 @@ points = [
                 .2
                 .contains("`pres` is not defined (defined: press)")
         );
+    }
+
+    #[test]
+    fn a_duplicate_key_is_named_with_its_path() {
+        let e =
+            load("[store]\npath = \"a.db\"\ncache_mib = 8\npath = \"b.db\"\n").expect_err("dup");
+        assert_eq!(
+            (e.issues[0].key.as_str(), e.issues[0].line),
+            ("store.path", Some(4))
+        );
+        assert!(
+            e.to_string()
+                .starts_with("test.toml:4: store.path: invalid TOML: duplicate key"),
+            "{e}"
+        );
+        let e = load("[store]\npath = \"a.db\"\n[store]\ncache_mib = 8\n").expect_err("dup table");
+        assert_eq!(e.issues[0].key, "store");
+        let e = load("[[drivers.sim.devices]]\nid = \"a\"\npoints = []\n[[drivers.sim.devices]]\nid = \"b\"\nid = \"c\"\n")
+            .expect_err("dup in an array of tables");
+        assert_eq!(e.issues[0].key, "drivers.sim.devices[1].id");
     }
 
     #[test]

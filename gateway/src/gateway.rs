@@ -32,6 +32,7 @@ use crate::api::{ApiError, ApiService, Wiring};
 use crate::command::CommandBus;
 use crate::config::GatewayConfig;
 use crate::control::ControlServer;
+use crate::control::config::WriteRights;
 use crate::live::LiveFeed;
 use crate::metrics::Metrics;
 use crate::normalize::Normalizer;
@@ -304,7 +305,10 @@ impl Gateway {
         // Without the socket the gateway still collects data; only the
         // command line's writes and status are unavailable.
         if let Some(path) = &paths.control_socket {
-            match ControlServer::bind(path, commands, gateway.status.clone()) {
+            // check_files made sure the group resolves; if /etc/group changed
+            // since, only root and the service's user may write.
+            let rights = WriteRights::new(config.control.write_gid().unwrap_or(None));
+            match ControlServer::bind(path, commands, gateway.status.clone(), rights) {
                 Ok(server) => {
                     gateway.control_socket = Some(path.clone());
                     gateway.services.start(Stage::Inputs, server);

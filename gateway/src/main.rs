@@ -36,10 +36,15 @@ enum Command {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
-    /// Validate a configuration file without starting anything.
+    /// Validate a configuration file without starting anything: its
+    /// values, and the files it names (certificates, keys, tokens).
     CheckConfig {
         /// Configuration file.
         file: PathBuf,
+        /// State directory relative paths in it are taken in (default:
+        /// $STATE_DIRECTORY, else /var/lib/biota).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
     /// Print the commented sample configuration with every default.
     PrintDefaultConfig,
@@ -69,27 +74,38 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { file } => match GatewayConfig::load(&file) {
-            Ok(config) => {
-                let devices = config.drivers.devices("drivers").len();
-                println!(
-                    "{}: valid ({} profile(s), {devices} device(s))",
-                    file.display(),
-                    config.profiles.len()
-                );
-                ExitCode::SUCCESS
+        Command::CheckConfig { file, state_dir } => {
+            match GatewayConfig::load(&file).and_then(|config| {
+                let state_dir = biota_gateway::config::state_dir(state_dir.as_deref());
+                config.check_files(&file, &state_dir).map(|()| config)
+            }) {
+                Ok(config) => {
+                    let devices = config.drivers.devices("drivers").len();
+                    println!(
+                        "{}: valid ({} profile(s), {devices} device(s))",
+                        file.display(),
+                        config.profiles.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(EXIT_CONFIG as u8)
+                }
             }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(EXIT_CONFIG as u8)
-            }
-        },
+        }
         Command::PrintDefaultConfig => {
             print!("{SAMPLE_CONFIG}");
             ExitCode::SUCCESS
         }
-        Command::Run { config, state_dir } => {
-            let mut config = match GatewayConfig::load(&config) {
+        Command::Run {
+            config: file,
+            state_dir,
+        } => {
+            let state_dir = biota_gateway::config::state_dir(state_dir.as_deref());
+            let mut config = match GatewayConfig::load(&file)
+                .and_then(|config| config.check_files(&file, &state_dir).map(|()| config))
+            {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{e}");
@@ -97,7 +113,6 @@ fn main() -> ExitCode {
                 }
             };
             logging::init(&config.log.level);
-            let state_dir = biota_gateway::config::state_dir(state_dir.as_deref());
             let db_path = config.db_path(&state_dir);
             config.resolve_key_file(&state_dir);
             exit(runtime().map(|rt| {

@@ -172,6 +172,25 @@ impl DriverConfig for MqttConfig {
         self.bindings(path).1
     }
 
+    fn check_files(&self, path: &str, errors: &mut Vec<biota_common::config::ConfigError>) {
+        let mut failed = |key_path: String, e: biota_common::tls::TlsError| {
+            errors.push(biota_common::config::ConfigError {
+                key_path,
+                reason: e.to_string(),
+            })
+        };
+        if let Some(tls) = &self.broker.tls
+            && let Err(e) = tls.server_config()
+        {
+            failed(format!("{path}.broker.tls"), e);
+        }
+        for (i, up) in self.upstream.iter().enumerate() {
+            if let Some(Err(e)) = up.tls.as_ref().map(biota_common::tls::ClientTls::client_config) {
+                failed(format!("{path}.upstream[{i}].tls"), e);
+            }
+        }
+    }
+
     fn build(&self, context: BuildContext) -> Result<Component, BoxError> {
         let driver = MqttDriver::start(self.clone(), context.sink)?;
         let telemetry = driver.stats();

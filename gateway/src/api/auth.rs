@@ -141,6 +141,21 @@ pub fn load_file(path: &Path) -> Result<Vec<TokenEntry>, TokenError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(err(e.to_string())),
     };
+    // Hashes of bearer tokens are for the service (and root) only.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|e| err(e.to_string()))?
+            .permissions()
+            .mode()
+            & 0o777;
+        if mode & 0o007 != 0 {
+            return Err(err(format!(
+                "mode {mode:04o} lets every user read it; run `chmod 600 {}`",
+                path.display()
+            )));
+        }
+    }
     let file: TokenFile = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
     for entry in &file.tokens {
         entry.validate().map_err(err)?;

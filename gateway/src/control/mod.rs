@@ -14,14 +14,17 @@
 //!    "<component>":{"messages":...,"rejected":[{"reason":...,"count":...}]},...}
 //! ```
 //!
-//! Writes go through the one command path, [`CommandBus`]. A malformed
-//! request gets an error answer; it never affects the service.
+//! Writes go through the one command path, [`CommandBus`]. Reading status
+//! is for anyone who can connect (root and the service's group); writing is
+//! for root, the service's user and `[control] write_group` ([`config`]).
+//! A malformed request gets an error answer; it never affects the service.
 //!
 //! - here: [`ControlServer`], the socket's service.
 //! - [`client`]: the blocking client the command line (and the demo)
 //!   use, and how answers are shown to people.
 
 pub mod client;
+pub mod config;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -75,12 +78,18 @@ pub struct ControlServer {
     path: PathBuf,
     commands: CommandBus,
     status: Status,
+    rights: config::WriteRights,
 }
 
 impl ControlServer {
     /// Binds the socket. A socket file left by a gateway that died is
     /// replaced; one a running gateway answers on is an error.
-    pub fn bind(path: &Path, commands: CommandBus, status: Status) -> std::io::Result<Self> {
+    pub fn bind(
+        path: &Path,
+        commands: CommandBus,
+        status: Status,
+        rights: config::WriteRights,
+    ) -> std::io::Result<Self> {
         if path.exists() {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
                 return Err(std::io::Error::new(
@@ -101,6 +110,7 @@ impl ControlServer {
             path: path.to_owned(),
             commands,
             status,
+            rights,
         })
     }
 
@@ -116,7 +126,7 @@ impl Service for ControlServer {
     /// ends, or when the runtime drops it on the way out.
     async fn run(self, shutdown: CancellationToken) {
         let _file = SocketFile(self.path.clone());
-        let (bus, status) = (self.commands, self.status);
+        let (bus, status, rights) = (self.commands, self.status, self.rights);
         let connections = tokio_util::task::TaskTracker::new();
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
@@ -140,7 +150,7 @@ impl Service for ControlServer {
             connections.spawn(async move {
                 tokio::select! {
                     () = shutdown.cancelled() => {}
-                    () = connection(stream, &bus, &status) => {}
+                    () = connection(stream, &bus, &status, rights) => {}
                 }
                 drop(slot);
             });
@@ -161,7 +171,15 @@ impl Drop for SocketFile {
     }
 }
 
-async fn connection(stream: UnixStream, bus: &CommandBus, status: &Status) {
+async fn connection(
+    stream: UnixStream,
+    bus: &CommandBus,
+    status: &Status,
+    rights: config::WriteRights,
+) {
+    let may_write = stream
+        .peer_cred()
+        .is_ok_and(|c| rights.allows(c.uid(), c.gid(), c.pid()));
     let (read, mut write) = stream.into_split();
     let mut lines = tokio::io::BufReader::new(read);
     let mut line = Vec::new();
@@ -179,7 +197,7 @@ async fn connection(stream: UnixStream, bus: &CommandBus, status: &Status) {
                 format!("a request is at most {MAX_REQUEST} bytes"),
             )
         } else {
-            answer(&line, bus, status).await
+            answer(&line, bus, status, may_write).await
         };
         let mut text = answer.to_string();
         text.push('\n');
@@ -191,7 +209,7 @@ async fn connection(stream: UnixStream, bus: &CommandBus, status: &Status) {
     }
 }
 
-async fn answer(line: &[u8], bus: &CommandBus, status: &Status) -> Json {
+async fn answer(line: &[u8], bus: &CommandBus, status: &Status, may_write: bool) -> Json {
     let request: Request = match serde_json::from_slice(line) {
         Ok(r) => r,
         Err(e) => return error("bad_request", format!("not a valid request: {e}")),
@@ -203,6 +221,14 @@ async fn answer(line: &[u8], bus: &CommandBus, status: &Status) -> Json {
             value,
             verify,
         } => {
+            if !may_write {
+                return error(
+                    "forbidden",
+                    "writing to devices needs root, the service's user, or a member of \
+                     [control] write_group; reading status does not"
+                        .to_owned(),
+                );
+            }
             let command = WriteCommand {
                 device,
                 point,

@@ -100,6 +100,57 @@ const MIGRATIONS: &[&str] = &[
 /// Opens (creating if needed) the database for the writer, in WAL mode,
 /// migrated to [`SCHEMA_VERSION`], and proves it can be written: a full
 /// disk or a read-only directory fails here, before readiness.
+/// Mode of the database files: the service and its group (the command
+/// line's `query`) read them, nobody else. SQLite gives the `-wal` and
+/// `-shm` files the mode of the database file, so creating that one
+/// with this mode is enough, whatever the process's umask.
+pub const DB_MODE: u32 = 0o640;
+
+/// Creates the database file with [`DB_MODE`] if it is missing, and takes
+/// the other users' access from an existing one (and its `-wal`, `-shm`)
+/// that has it (a run by hand with umask 022 left them 0644).
+fn keep_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(DB_MODE)
+        .open(path)
+    {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        // Let SQLite's open say what is wrong (a read-only directory...).
+        Err(_) => return Ok(()),
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = std::path::PathBuf::from(name);
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o007 != 0 {
+            let private = mode & !0o007;
+            match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(private)) {
+                Ok(()) => tracing::warn!(
+                    path = %file.display(),
+                    was = format!("{mode:04o}"),
+                    now = format!("{private:04o}"),
+                    "the database file was readable by every user; it is not any more"
+                ),
+                Err(e) => tracing::warn!(
+                    path = %file.display(),
+                    mode = format!("{mode:04o}"),
+                    error = %e,
+                    "the database file is readable by every user and its mode cannot be changed"
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn open_for_write(
     path: &Path,
     synchronous: Synchronous,
@@ -108,11 +159,17 @@ pub fn open_for_write(
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
         && !dir.exists()
     {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
-            path: dir.to_owned(),
-            source,
-        })?;
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(dir)
+            .map_err(|source| StoreError::CreateDir {
+                path: dir.to_owned(),
+                source,
+            })?;
     }
+    keep_private(path)?;
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE

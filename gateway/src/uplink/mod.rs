@@ -91,7 +91,15 @@ fn load_acked(path: &Path) -> u64 {
 fn save_acked(path: &Path, seq: u64) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
+    let mut file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(crate::store::schema::DB_MODE)
+            .open(&tmp)?
+    };
     writeln!(file, "{seq}")?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)
