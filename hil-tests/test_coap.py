@@ -85,10 +85,14 @@ def test_senml_json_and_cbor_with_block1(gateway_bin, spawn, write_config, state
     (tmp_path / "pack.json").write_text(json.dumps(pack))
     out = client(port, "/v1/devices/room-1", payload_file=tmp_path / "pack.json")
     assert out.returncode == 0 and "stored 2" in out.stdout, (out.stdout, out.stderr)
+    # The path names the device; a point is the record's resolved name, bn + n
+    # (RFC 8428 §4.5.1; test_senml_conformance.py).
     room = latest(gateway_bin, db, "room-1")
-    assert room["temp"]["value"] == 21.5 and room["temp"]["unit"] == "Cel"
-    assert room["temp"]["ts"] == 1_700_000_000 * 10**9 and room["door"]["value"] is True
-    assert room["temp"]["source"] == "coap://127.0.0.1/v1/devices/room-1"
+    assert set(room) == {"urn:dev:mac:0024be:temp", "urn:dev:mac:0024be:door"}, sorted(room)
+    temp, door = room["urn:dev:mac:0024be:temp"], room["urn:dev:mac:0024be:door"]
+    assert temp["value"] == 21.5 and temp["unit"] == "Cel"
+    assert temp["ts"] == 1_700_000_000 * 10**9 and door["value"] is True
+    assert temp["source"] == "coap://127.0.0.1/v1/devices/room-1"
 
     # SenML CBOR with the integer labels (-2 bn, 0 n, 2 v, 1 u, 8 vd).
     cbor_pack = [{-2: "line:", 0: "force", 1: "kN", 2: 812.25}, {0: "raw", 8: b"\x01\x02\x03"}]
@@ -96,8 +100,9 @@ def test_senml_json_and_cbor_with_block1(gateway_bin, spawn, write_config, state
     out = client(port, "/v1/devices/press-1", payload_file=tmp_path / "pack.cbor", fmt=112)
     assert out.returncode == 0 and "stored 2" in out.stdout, (out.stdout, out.stderr)
     press = latest(gateway_bin, db, "press-1")
-    assert press["force"]["value"] == 812.25 and press["force"]["unit"] == "kN"
-    assert press["raw"]["kind"] == "bytes"
+    assert set(press) == {"line:force", "line:raw"}, sorted(press)
+    assert press["line:force"]["value"] == 812.25 and press["line:force"]["unit"] == "kN"
+    assert press["line:raw"]["kind"] == "bytes"
 
     # A pack of 300 records (~9 KB) sent in 64-byte blocks: Block1.
     big = [{"bn": "", "n": f"p{i}", "v": i * 0.5} for i in range(300)]

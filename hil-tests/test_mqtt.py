@@ -218,6 +218,22 @@ def test_bad_input_is_counted_and_nothing_stops(gateway_bin, gateway, state_dir)
     assert "MQTT message rejected" in gw.stderr()
 
 
+def test_a_json_timestamp_that_is_no_instant_is_uncertain_at_ingest_time(gateway_bin, gateway):
+    """A numeric timestamp past int64 nanoseconds (1e300 ms) is a number,
+    so not `bad_timestamp`, but no instant either: like an implausible
+    device clock (docs/cdm.md) it gives the ingest time and quality
+    uncertain (issue #14, item 15: the JSON decoder had dropped the whole
+    payload as `bad_timestamp`)."""
+    gw, port, db = gateway
+    before = time.time_ns()
+    assert pub(port, "plant/meter-8/json", json.dumps({"ts": 1e300, "power": 2000})).returncode == 0
+    rows = wait_until(lambda: latest(gateway_bin, db, "meter-8"), 10, "meter-8")
+    after = time.time_ns()
+    power = rows["power"]
+    assert power["value"] == 2.0 and power["unit"] == "kW", power
+    assert before <= power["ts"] <= after and power["quality"] == "uncertain", power
+
+
 def test_a_taken_port_fails_the_start_with_a_clear_error(gateway_bin, spawn, write_config, state_dir):
     import socket
 

@@ -8,7 +8,9 @@ DDATA carrying aliases only.
 The stored readings must be the published values (every datatype,
 negative small integers in both the Python and the Java encoding), with
 the metrics' timestamps and engUnit; a DDEATH and the NDEATH (delivered by
-the broker when the node's connection drops) mark the last values bad.
+the broker when the node's connection drops) mark the last stored values
+bad (test_sparkplug_death.py goes further). A metric timestamp that is no
+instant (past int64 nanoseconds) is distrusted like an implausible clock.
 Bad input (an unknown alias, a malformed payload, a topic outside the
 namespace, a DataSet, a sequence gap) is counted per topic and reason, and
 commands and host state are ignored.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -254,3 +257,44 @@ def test_tahu_edge_node_births_data_aliases_and_deaths(gateway_bin, gateway, sta
         "the node's rebirth",
     )
     assert "panicked" not in gw.stderr()
+
+
+def test_a_metric_timestamp_past_int64_nanoseconds_is_uncertain_at_ingest_time(gateway_bin, gateway):
+    """Issue #14 (item 15, for Sparkplug): a timestamp after 2262 cannot be
+    held in int64 nanoseconds. It is no plausible instant, so it is treated
+    like any implausible device clock (docs/cdm.md): stored at the ingest
+    time with quality uncertain, never as a good reading as if the node had
+    sent no time."""
+    gw, port, db = gateway
+    node = EdgeNode(port, tahu.getNodeDeathPayload().SerializeToString())
+    now_ms = int(time.time() * 1000)
+    # 2^63 ns is 9223372036854.775807 ms: one ms more does not fit.
+    past_int64 = 2**63 // 10**6 + 1
+    birth = tahu.getNodeBirthPayload()
+    tahu.addMetric(birth, "late", 1, T.Int32, 1, timestamp=past_int64)
+    tahu.addMetric(birth, "u64_max", 2, T.Int32, 2, timestamp=2**64 - 1)
+    # Controls: 2100 is representable but implausible; now is good.
+    tahu.addMetric(birth, "y2100", 3, T.Int32, 3, timestamp=4_102_444_800_000)
+    tahu.addMetric(birth, "now", 4, T.Int32, 4, timestamp=now_ms)
+    points = {"late", "u64_max", "y2100", "now"}
+    try:
+        before = time.time_ns()
+        node.publish(topic("NBIRTH"), birth)
+        rows = wait_until(
+            lambda: (r := latest(gateway_bin, db, NODE_ID)) and points <= set(r) and r,
+            30,
+            "the NBIRTH's metrics",
+        )
+        after = time.time_ns()
+    finally:
+        node.client.loop_stop()
+        node.client.disconnect()
+    assert (rows["now"]["ts"], rows["now"]["quality"]) == (now_ms * 1_000_000, "good")
+    for point in ("late", "u64_max", "y2100"):
+        r = rows[point]
+        assert before <= r["ts"] <= after and r["quality"] == "uncertain", (
+            f"{point}: a timestamp that is no plausible instant must give the ingest time "
+            f"[{before}, {after}] and quality uncertain, got ts {r['ts']} ({r['time']}), "
+            f"quality {r['quality']}"
+        )
+    assert gw.alive()

@@ -82,6 +82,29 @@ pub enum SampleQuality {
     Bad,
 }
 
+/// The time a device gave a sample, as far as the driver could read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceTime {
+    /// The device sent no time: the sample is stamped when it arrived.
+    #[default]
+    Absent,
+    /// The device's own timestamp, UTC ns since the Unix epoch. The
+    /// gateway still checks that it is plausible.
+    At(i64),
+    /// The device sent a time that is no instant the gateway can hold (not
+    /// finite, or beyond the i64 nanoseconds of 1677–2262). It is treated
+    /// as an implausible time, not as no time: the sample is stamped when
+    /// it arrived and is at most `uncertain`.
+    Invalid,
+}
+
+impl DeviceTime {
+    /// A time the device sent, in ns if it could be converted.
+    pub fn sent(ns: Option<i64>) -> Self {
+        ns.map_or(Self::Invalid, Self::At)
+    }
+}
+
 /// One raw value of one point of one device.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
@@ -90,8 +113,8 @@ pub struct Sample {
     /// Point name as the driver knows it (before renaming by profiles).
     pub point: Arc<str>,
     pub value: RawValue,
-    /// The device's own timestamp (UTC ns since the Unix epoch), if it sent one.
-    pub device_time: Option<i64>,
+    /// The device's own timestamp, if it sent one.
+    pub device_time: DeviceTime,
     pub quality: SampleQuality,
     /// The unit the device stated (SenML `u`); a profile's unit wins.
     pub unit: Option<Arc<str>>,
@@ -113,6 +136,11 @@ pub struct SampleBatch {
     /// Tells the driver when these samples' readings are durably stored
     /// (a CoAP confirmable request is answered only then). Default: none.
     pub notice: Option<CommitNotice>,
+    /// Devices that stopped when this batch arrived (a Sparkplug death),
+    /// after its samples: the gateway marks every point of each bad,
+    /// re-stamping the point's latest stored value with quality `bad` at
+    /// `received_at`. Points never stored get nothing. Default: none.
+    pub died: Vec<Arc<str>>,
 }
 
 /// What became of a batch the driver asked to hear about.
@@ -152,7 +180,7 @@ impl CommitNotice {
 
 impl Batch for SampleBatch {
     fn items(&self) -> usize {
-        self.samples.len()
+        self.samples.len() + self.died.len()
     }
 }
 

@@ -33,6 +33,21 @@ pub const MAX_FUTURE_SKEW_NS: i64 = 24 * 3600 * 1_000_000_000;
 /// Earliest plausible device timestamp: 2000-01-01T00:00:00Z.
 pub const EARLIEST_TS_NS: i64 = 946_684_800 * 1_000_000_000;
 
+/// A device that stopped (a Sparkplug death). It is no reading: the
+/// store's writer marks every point of the device bad with it, storing
+/// for each point whose latest reading is not bad already that reading's
+/// value and unit once more, with quality bad, at `at` (or at the latest
+/// reading's own time if that is later, so the bad one is the point's
+/// latest), from `source`. Points without a stored reading get nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceDeath {
+    pub device: Arc<str>,
+    /// When the death arrived (UTC ns).
+    pub at: i64,
+    /// Where the death came from: the bad readings' source.
+    pub source: Arc<str>,
+}
+
 /// How much a reading can be trusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

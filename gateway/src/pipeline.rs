@@ -106,9 +106,10 @@ async fn run_normalizer(
         let samples = batch.samples.len();
         let notice = batch.notice.take();
         let mut readings = Vec::with_capacity(samples);
-        normalizer.normalize(batch, &mut readings);
+        let mut died = Vec::new();
+        normalizer.normalize(batch, &mut readings, &mut died);
         let dropped = samples - readings.len();
-        if readings.is_empty() {
+        if readings.is_empty() && died.is_empty() {
             // Nothing to wait for: tell the driver now.
             if let Some(notice) = notice {
                 notice.fire(CommitOutcome::NothingStored { dropped });
@@ -117,6 +118,7 @@ async fn run_normalizer(
         }
         let batch = ReadingBatch {
             readings,
+            died,
             notice: notice.map(|n| (n, dropped)),
         };
         if output.send(batch).await.is_err() {

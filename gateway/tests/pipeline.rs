@@ -306,7 +306,7 @@ points = [{ name = "p", copies = 10, waveform = "counter", rate = 1000 }]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_driver_hears_when_its_batch_is_durably_stored() {
     use biota_drivers::{
-        CommitNotice, CommitOutcome, RawValue, Sample, SampleBatch, SampleQuality,
+        CommitNotice, CommitOutcome, DeviceTime, RawValue, Sample, SampleBatch, SampleQuality,
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("gateway.db");
@@ -324,7 +324,7 @@ async fn a_driver_hears_when_its_batch_is_durably_stored() {
         device: device.into(),
         point: "t".into(),
         value: RawValue::F64(value),
-        device_time: None,
+        device_time: DeviceTime::Absent,
         quality: SampleQuality::Good,
         unit: None,
     };
@@ -334,6 +334,7 @@ async fn a_driver_hears_when_its_batch_is_durably_stored() {
         samples,
         profile: None,
         notice: Some(notice),
+        died: Vec::new(),
     };
 
     // Two good samples and one the normalizer rejects (an invalid device id).
@@ -379,6 +380,199 @@ async fn a_driver_hears_when_its_batch_is_durably_stored() {
         .expect("in time")
         .expect("fired");
     assert_eq!(outcome, CommitOutcome::NothingStored { dropped: 1 });
+    shutdown.cancel();
+    drop(sink);
+    assert!(!gateway.stopped().await.timed_out);
+}
+
+/// A device's death (a Sparkplug DDEATH or NDEATH) re-stamps what the
+/// store holds, not what the device sent last: the latest stored reading
+/// of each point, committed or still in the commit being gathered, once
+/// more with quality bad; nothing for a point never stored, nothing again
+/// for a point already bad; seqs stay gapless.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_death_marks_every_stored_point_of_the_device_bad() {
+    use biota_drivers::{
+        CommitNotice, CommitOutcome, DeviceTime, RawValue, Sample, SampleBatch, SampleQuality,
+    };
+    use biota_gateway::store::StoreReader;
+    use biota_gateway::{Quality, Value};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gateway.db");
+    let shutdown = CancellationToken::new();
+    // The profile renames and types `flow`: the death must re-stamp what
+    // is stored under `flow_rate`.
+    let config = GatewayConfig::from_toml(
+        Path::new("death.toml"),
+        "[store]\ncommit_max_delay = \"200ms\"\n\
+         [profiles.edge.points.flow]\nname = \"flow_rate\"\ntype = \"i64\"\n",
+    )
+    .expect("valid");
+    let gateway = Gateway::start(&config, &Paths::for_db(&db), shutdown.clone())
+        .await
+        .expect("start");
+    let metrics = gateway.metrics().clone();
+    let sink = gateway.sample_sink().expect("a sink");
+    let now = biota_common::time::now_ns();
+    let sample = |point: &str, value: RawValue| Sample {
+        device: "g:n:pump".into(),
+        point: point.into(),
+        value,
+        device_time: DeviceTime::Absent,
+        quality: SampleQuality::Good,
+        unit: (point == "temp").then(|| "Cel".into()),
+    };
+    // Sends one batch and waits until it is committed.
+    let send = |samples: Vec<Sample>, died: &[&str], at: i64| {
+        let (notice, stored) = CommitNotice::new();
+        let batch = SampleBatch {
+            source: "mqtt://test/spBv1.0/g/DDATA/n/pump".into(),
+            received_at: at,
+            samples,
+            profile: Some("edge".into()),
+            notice: Some(notice),
+            died: died.iter().map(|d| (*d).into()).collect(),
+        };
+        let sink = sink.clone();
+        async move {
+            sink.send(batch).await.expect("sent");
+            tokio::time::timeout(Duration::from_secs(10), stored)
+                .await
+                .expect("in time")
+                .expect("fired")
+        }
+    };
+    let mut ahead = sample("ahead", RawValue::I64(7));
+    // A device clock one hour ahead (plausible): the bad reading must
+    // still be the point's latest.
+    ahead.device_time = DeviceTime::At(now + 3_600_000_000_000);
+    let outcome = send(
+        vec![
+            sample("temp", RawValue::F64(20.5)),
+            sample("state", RawValue::Text("RUN".into())),
+            sample("flow", RawValue::F64(12.0)),
+            sample("count", RawValue::U64(5)),
+            ahead,
+            // Rejected (non_finite): never stored.
+            sample("never", RawValue::F64(f64::NAN)),
+        ],
+        &[],
+        now,
+    )
+    .await;
+    assert!(
+        matches!(outcome, CommitOutcome::Committed { stored: 5, .. }),
+        "{outcome:?}"
+    );
+    let rejected = metrics.rejected_total();
+
+    // Values the gateway rejects (above i64, NaN, out of the profile's
+    // i64), one it stores (count = 6, still in the commit being gathered
+    // when the death comes), then the death in the same batch.
+    let death_at = now + 1_000;
+    let outcome = send(
+        vec![
+            sample("temp", RawValue::F64(f64::NAN)),
+            sample("flow", RawValue::F64(1e300)),
+            sample("count", RawValue::U64(u64::MAX)),
+            sample("count", RawValue::U64(6)),
+        ],
+        &["g:n:pump", "g:n:nobody"],
+        death_at,
+    )
+    .await;
+    assert!(
+        matches!(
+            outcome,
+            CommitOutcome::Committed {
+                stored: 1,
+                dropped: 3,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(metrics.rejected_total(), rejected + 3);
+
+    let reader = StoreReader::open(&db).expect("reader");
+    let latest = reader.latest(Some("g:n:pump")).expect("latest");
+    let got: Vec<_> = latest
+        .iter()
+        .map(|r| {
+            (
+                &*r.point,
+                r.value.clone(),
+                r.quality,
+                r.ts,
+                r.unit.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "ahead",
+                Value::I64(7),
+                Quality::Bad,
+                now + 3_600_000_000_000,
+                None
+            ),
+            ("count", Value::I64(6), Quality::Bad, death_at, None),
+            ("flow_rate", Value::I64(12), Quality::Bad, death_at, None),
+            (
+                "state",
+                Value::Text("RUN".into()),
+                Quality::Bad,
+                death_at,
+                None
+            ),
+            (
+                "temp",
+                Value::F64(20.5),
+                Quality::Bad,
+                death_at,
+                Some("Cel")
+            ),
+        ]
+    );
+    assert!(
+        latest
+            .iter()
+            .all(|r| &*r.source == "mqtt://test/spBv1.0/g/DDATA/n/pump")
+    );
+    // No rejection counted again.
+    assert_eq!(metrics.rejected_total(), rejected + 3);
+
+    // Dead already: a second death stores nothing.
+    let before = reader.latest(None).expect("latest");
+    let outcome = send(Vec::new(), &["g:n:pump"], death_at + 1).await;
+    assert!(
+        matches!(outcome, CommitOutcome::Committed { stored: 0, .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(reader.latest(None).expect("latest"), before);
+
+    // History: good, then bad, in seq order with no gap.
+    let page = reader
+        .range("g:n:pump", "count", 0, i64::MAX, 100, None)
+        .expect("range");
+    let history: Vec<_> = page
+        .readings
+        .iter()
+        .map(|r| (r.value.clone(), r.quality))
+        .collect();
+    assert_eq!(
+        history,
+        [
+            (Value::I64(5), Quality::Good),
+            (Value::I64(6), Quality::Good),
+            (Value::I64(6), Quality::Bad),
+        ]
+    );
+    let (count, min, max) = count_and_max(&db);
+    assert_eq!((count, min, max), (11, 1, 11));
     shutdown.cancel();
     drop(sink);
     assert!(!gateway.stopped().await.timed_out);

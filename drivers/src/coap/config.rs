@@ -53,8 +53,10 @@ pub struct CoapConfig {
 pub struct ResourceConfig {
     /// Path with captures: `/v1/devices/{device}`, `/v1/devices/{device}/{point}`.
     pub path: String,
-    /// The device, when the path does not capture `{device}` (and a SenML
-    /// pack's base name does not name it).
+    /// The device, when the path does not capture `{device}`. A SenML
+    /// pack's points are then the records' resolved names (base name +
+    /// name); without a device here or in the path, the pack's base name
+    /// names it. Default: none.
     #[serde(default)]
     pub device: Option<String>,
     /// The point of a text/plain payload, when the path does not capture `{point}`.

@@ -745,15 +745,12 @@ impl Shared {
             self.stats.reject(e.reason, peer, &e.detail);
         }
         let mut samples = Vec::with_capacity(values.len());
+        let named = device.as_deref().or(resource.device.as_deref());
         for d in values {
-            let device = device
-                .clone()
-                .or_else(|| resource.device.clone())
-                .or(d.device);
-            let point = d
-                .point
-                .or_else(|| point.clone())
-                .or_else(|| resource.point.clone());
+            let (device, own_point) = d.names(named);
+            let point = own_point
+                .or(point.as_deref())
+                .or(resource.point.as_deref());
             let (Some(device), Some(point)) = (device, point) else {
                 return Err((
                     ResponseType::BadRequest,
@@ -761,9 +758,10 @@ impl Shared {
                     "the path, the resource and the payload name no device or no point".into(),
                 ));
             };
+            let (device, point): (Arc<str>, Arc<str>) = (device.into(), point.into());
             samples.push(Sample {
-                device: device.into(),
-                point: point.into(),
+                device,
+                point,
                 value: d.value,
                 device_time: d.time,
                 quality: SampleQuality::Good,
@@ -796,6 +794,7 @@ impl Shared {
             samples,
             profile,
             notice: Some(notice),
+            died: Vec::new(),
         };
         if self.sink.send(batch).await.is_err() {
             return (
@@ -861,11 +860,7 @@ pub(crate) fn decode_by_format(
     let bad = |e: DecodeError| (ResponseType::BadRequest, e.reason, e.detail);
     match format {
         Some(ContentFormat::ApplicationSenmlJSON) => decode::senml(payload, now).map_err(bad),
-        Some(ContentFormat::ApplicationSenmlCBOR) => {
-            let doc = cbor::decode(payload)
-                .map_err(|e| (ResponseType::BadRequest, "malformed_cbor", e))?;
-            decode::senml_pack(doc, now).map_err(bad)
-        }
+        Some(ContentFormat::ApplicationSenmlCBOR) => cbor::senml(payload, now).map_err(bad),
         Some(ContentFormat::ApplicationJSON) => {
             decode::json(payload, &JsonLayout::default()).map_err(bad)
         }

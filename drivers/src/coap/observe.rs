@@ -238,9 +238,16 @@ pub async fn run(
                     let samples: Vec<Sample> = values
                         .into_iter()
                         .filter_map(|d| {
+                            // The configuration names the device: a
+                            // SenML point is the record's resolved name.
+                            let point: Arc<str> = d
+                                .names(Some(&config.device))
+                                .1
+                                .or(config.point.as_deref())?
+                                .into();
                             Some(Sample {
                                 device: config.device.as_str().into(),
-                                point: d.point.or_else(|| config.point.clone())?.into(),
+                                point,
                                 value: d.value,
                                 device_time: d.time,
                                 quality: SampleQuality::Good,
@@ -258,6 +265,7 @@ pub async fn run(
                         samples,
                         profile: profile.clone(),
                         notice: None,
+                        died: Vec::new(),
                     };
                     let sent = sink.send_unless(batch, &shutdown).await;
                     if !sent {

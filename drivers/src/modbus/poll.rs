@@ -20,7 +20,7 @@ use super::plan::{self, Area, Limits, ReadRequest, Span, Split};
 use crate::command::{CommandReceiver, Sent, WriteError, WriteReport, WriteRequest};
 use crate::stats::{DeviceState, DeviceStats};
 use biota_common::time::now_ns;
-use crate::{RawValue, Sample, SampleBatch, SampleQuality, SampleSink};
+use crate::{DeviceTime, RawValue, Sample, SampleBatch, SampleQuality, SampleSink};
 
 /// One point, ready to decode.
 struct PointRt {
@@ -165,7 +165,7 @@ impl DeviceRt {
                 device: self.id.clone(),
                 point: point.name.clone(),
                 value,
-                device_time: None,
+                device_time: DeviceTime::Absent,
                 quality: SampleQuality::Good,
                 unit: None,
             });
@@ -187,7 +187,7 @@ impl DeviceRt {
                     device: self.id.clone(),
                     point: point.name.clone(),
                     value: value.clone(),
-                    device_time: None,
+                    device_time: DeviceTime::Absent,
                     quality: SampleQuality::Bad,
                     unit: None,
                 });
@@ -775,6 +775,7 @@ pub(crate) async fn send(
             samples,
             profile: None,
             notice: None,
+            died: Vec::new(),
         };
         let sent = sink.send_unless(batch, shutdown).await;
         if !sent {

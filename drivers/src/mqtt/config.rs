@@ -154,8 +154,10 @@ pub struct RuleConfig {
     pub topic: String,
     /// `plain`, `json`, `senml` or `sparkplug`.
     pub format: Format,
-    /// The device, when the topic does not capture `{device}` (and, for
-    /// SenML, the pack's base name does not name it).
+    /// The device, when the topic does not capture `{device}`. A SenML
+    /// pack's points are then the records' resolved names (base name +
+    /// name); without a device here or in the topic, the pack's base name
+    /// names it. Default: none.
     #[serde(default)]
     pub device: Option<String>,
     /// The point of a `plain` payload, when the topic does not capture

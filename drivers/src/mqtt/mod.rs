@@ -282,16 +282,17 @@ impl Mapper {
         }
     }
 
-    /// A message's samples as a batch from `mqtt://<broker>/<topic>`
-    /// (`None` if it had none), counted.
+    /// A message's samples (and the devices it says died) as a batch
+    /// from `mqtt://<broker>/<topic>` (`None` if it had neither), counted.
     fn batch(
         &self,
         topic: &str,
         samples: Vec<Sample>,
+        died: Vec<Arc<str>>,
         received_at: i64,
         profile: Option<Arc<str>>,
     ) -> Option<SampleBatch> {
-        if samples.is_empty() {
+        if samples.is_empty() && died.is_empty() {
             return None;
         }
         self.stats.samples.fetch_add(samples.len() as u64, Relaxed);
@@ -301,6 +302,7 @@ impl Mapper {
             samples,
             profile,
             notice: None,
+            died,
         })
     }
 
@@ -344,21 +346,19 @@ impl Mapper {
         let values = self.counted(topic, decoded)?;
         let mut samples = Vec::with_capacity(values.len());
         for d in values {
-            let device = match (topic_device.as_deref(), d.device.as_deref()) {
-                (Some(device), _) | (None, Some(device)) => self.intern(device),
-                (None, None) => {
-                    let e = DecodeError {
-                        reason: "no_device",
-                        detail: "neither the topic, the rule nor the payload names a device".into(),
-                    };
-                    self.stats.reject(topic, &e);
-                    continue;
-                }
+            let (device, point) = d.names(topic_device.as_deref());
+            let Some(device) = device else {
+                let e = DecodeError {
+                    reason: "no_device",
+                    detail: "neither the topic, the rule nor the payload names a device".into(),
+                };
+                self.stats.reject(topic, &e);
+                continue;
             };
-            let point = match (d.point.as_deref(), topic_point.as_deref()) {
-                (Some(p), _) | (None, Some(p)) => self.intern(p),
-                (None, None) => continue,
+            let Some(point) = point.or(topic_point.as_deref()) else {
+                continue;
             };
+            let (device, point) = (self.intern(device), self.intern(point));
             samples.push(Sample {
                 device,
                 point,
@@ -368,14 +368,14 @@ impl Mapper {
                 unit: d.unit.map(Arc::from),
             });
         }
-        self.batch(topic, samples, received_at, profile)
+        self.batch(topic, samples, Vec::new(), received_at, profile)
     }
 }
 
 impl Mapper {
     /// A message of a `sparkplug` rule: the topic and payload name the
-    /// devices and points; the samples carry their own quality (a death
-    /// marks the last values bad).
+    /// devices and points; a death names the devices that died, whose
+    /// stored points the gateway marks bad.
     fn map_sparkplug(
         &mut self,
         topic: &str,
@@ -383,9 +383,22 @@ impl Mapper {
         received_at: i64,
         profile: Option<Arc<str>>,
     ) -> Option<SampleBatch> {
-        let decoded = self.sparkplug.decode(topic, payload);
-        let samples = self.counted(topic, decoded)?;
-        self.batch(topic, samples, received_at, profile)
+        let message = self.sparkplug.decode(topic, payload);
+        let sparkplug::Message {
+            samples,
+            died,
+            errors,
+        } = match message {
+            Ok(message) => message,
+            Err(e) => {
+                self.stats.reject(topic, &e);
+                return None;
+            }
+        };
+        for e in &errors {
+            self.stats.reject(topic, e);
+        }
+        self.batch(topic, samples, died, received_at, profile)
     }
 }
 

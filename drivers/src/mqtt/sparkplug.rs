@@ -1,7 +1,7 @@
 //! Sparkplug B ingest: the `spBv1.0/...` topic namespace, the Eclipse Tahu
 //! protobuf payload, and the per-edge-node session state that the payloads
-//! only make sense with (aliases declared in births, sequence numbers,
-//! last values to mark bad when a node or device dies).
+//! only make sense with (aliases declared in births, sequence numbers, the
+//! devices a node's death takes with it).
 //!
 //! - Topics: `spBv1.0/{group}/{TYPE}/{edge_node}[/{device}]`. NBIRTH,
 //!   NDATA, NDEATH, DBIRTH, DDATA and DDEATH are read; NCMD, DCMD and STATE
@@ -11,6 +11,10 @@
 //!   outside `[A-Za-z0-9_.-]` of an id replaced by `_` (`:` separates the
 //!   parts). Points: the metric name, with characters a point may not hold
 //!   (outside `[A-Za-z0-9_.:/-]`, e.g. spaces) replaced by `_`.
+//! - Deaths: NDEATH and DDEATH name the devices that died
+//!   ([`Message::died`]); the gateway marks every point of them bad,
+//!   re-stamping what it stored last (not what the device sent last: a
+//!   value the gateway rejected was never a point's value).
 //! - State is bounded ([`MAX_NODES`], [`MAX_TRACKED`]); what does not fit
 //!   is still stored when the metric carries its name, and counted as
 //!   `too_many_metrics`.
@@ -27,16 +31,13 @@ use std::sync::Arc;
 use prost::Message as _;
 
 use crate::payload::decode::DecodeError;
-use crate::{RawValue, Sample, SampleQuality};
+use crate::{DeviceTime, RawValue, Sample, SampleQuality};
 
 /// Edge nodes tracked at most; a message of a further node is rejected
 /// (`too_many_metrics`).
 pub const MAX_NODES: usize = 10_000;
 /// Metric names, aliases and devices tracked at most, over every node.
 pub const MAX_TRACKED: usize = 100_000;
-/// Text and bytes values longer than this are not kept as a metric's last
-/// value (so a death stores no sample for them): bounded memory.
-const MAX_LAST_VALUE: usize = 1024;
 
 /// Tahu's `Payload` (the fields the gateway reads).
 #[derive(Clone, PartialEq, prost::Message)]
@@ -292,8 +293,6 @@ struct Tracked {
     datatype: Option<u32>,
     /// The `engUnit` property.
     unit: Option<Arc<str>>,
-    /// The last live value: what a death marks bad.
-    last: Option<RawValue>,
 }
 
 /// The metrics of a node (its own) or of one of its devices.
@@ -328,23 +327,11 @@ impl Scope {
         size
     }
 
-    /// One bad sample per metric with a last value, which is then
-    /// forgotten (a second death marks nothing again).
-    fn die(&mut self, out: &mut Vec<Sample>) {
-        for tracked in self.metrics.values_mut() {
-            if let Some(value) = tracked.last.take() {
-                out.push(Sample {
-                    device: self.device.clone(),
-                    point: tracked.point.clone(),
-                    value,
-                    // The death is seen now; a will message's timestamp
-                    // is when the node connected.
-                    device_time: None,
-                    quality: SampleQuality::Bad,
-                    unit: tracked.unit.clone(),
-                });
-            }
-        }
+    /// A death: the device dies with its metrics. What was stored of
+    /// them is the gateway's to mark; a second death marks nothing more
+    /// there, since everything is bad already.
+    fn die(&self, died: &mut Vec<Arc<str>>) {
+        died.push(self.device.clone());
     }
 }
 
@@ -386,17 +373,25 @@ impl Budget<'_> {
     }
 }
 
+/// What one message brings.
+#[derive(Debug, Default)]
+pub struct Message {
+    pub samples: Vec<Sample>,
+    /// The devices that died (NDEATH: the node and each of its devices;
+    /// DDEATH: the device), after the samples.
+    pub died: Vec<Arc<str>>,
+    /// The parts of the message that could not be used (counted by the
+    /// caller).
+    pub errors: Vec<DecodeError>,
+}
+
 impl Sparkplug {
-    /// The samples of one message on `topic`, and the errors of the parts
-    /// of it that could not be used (counted by the caller); `Err` when
-    /// nothing of it could be used.
-    pub fn decode(
-        &mut self,
-        topic: &str,
-        payload: &[u8],
-    ) -> Result<(Vec<Sample>, Vec<DecodeError>), DecodeError> {
+    /// What one message on `topic` brings; `Err` when nothing of it could
+    /// be used.
+    pub fn decode(&mut self, topic: &str, payload: &[u8]) -> Result<Message, DecodeError> {
+        let mut out = Message::default();
         let Some(t) = parse_topic(topic)? else {
-            return Ok((Vec::new(), Vec::new()));
+            return Ok(out);
         };
         let payload = Payload::decode(payload).map_err(|e| {
             err(
@@ -404,8 +399,11 @@ impl Sparkplug {
                 format!("not a Sparkplug B payload: {e}"),
             )
         })?;
-        let mut samples = Vec::new();
-        let mut errors = Vec::new();
+        let Message {
+            samples,
+            died,
+            errors,
+        } = &mut out;
         let Self {
             groups,
             nodes,
@@ -416,7 +414,7 @@ impl Sparkplug {
         // A death of a node or device never seen has nothing to mark.
         let known = groups.get(t.group).and_then(|g| g.get(t.node)).is_some();
         if !known && matches!(t.kind, Kind::NDeath | Kind::DDeath) {
-            return Ok((samples, errors));
+            return Ok(out);
         }
         if !known && *nodes >= MAX_NODES {
             return Err(err(
@@ -442,7 +440,7 @@ impl Sparkplug {
         // Looked up again rather than kept from the insert: the common
         // case (a known node) then allocates nothing.
         let Some(node) = groups.get_mut(t.group).and_then(|g| g.get_mut(t.node)) else {
-            return Ok((samples, errors));
+            return Ok(out);
         };
 
         let seq = payload.seq.and_then(|s| u8::try_from(s).ok());
@@ -483,12 +481,12 @@ impl Sparkplug {
                         ),
                     ));
                 }
-                node.scope.die(&mut samples);
-                for device in node.devices.values_mut() {
-                    device.die(&mut samples);
+                node.scope.die(died);
+                for device in node.devices.values() {
+                    device.die(died);
                 }
                 node.seq = None;
-                return Ok((samples, errors));
+                return Ok(out);
             }
             Kind::NBirth => {
                 // The node's devices are born again after it.
@@ -506,7 +504,7 @@ impl Sparkplug {
             Some(device) => {
                 if !node.devices.contains_key(device) {
                     if t.kind == Kind::DDeath {
-                        return Ok((samples, errors));
+                        return Ok(out);
                     }
                     if !budget.take() {
                         return Err(err(
@@ -527,7 +525,7 @@ impl Sparkplug {
             }
         };
         match t.kind {
-            Kind::DDeath => scope.die(&mut samples),
+            Kind::DDeath => scope.die(died),
             Kind::NBirth | Kind::DBirth => {
                 if t.kind == Kind::DBirth {
                     *budget.used -= scope.clear();
@@ -539,8 +537,8 @@ impl Sparkplug {
                         payload.timestamp,
                         true,
                         &mut budget,
-                        &mut samples,
-                        &mut errors,
+                        samples,
+                        errors,
                     );
                 }
             }
@@ -552,14 +550,14 @@ impl Sparkplug {
                         payload.timestamp,
                         false,
                         &mut budget,
-                        &mut samples,
-                        &mut errors,
+                        samples,
+                        errors,
                     );
                 }
             }
             Kind::NDeath => {}
         }
-        Ok((samples, errors))
+        Ok(out)
     }
 }
 
@@ -638,7 +636,6 @@ fn ingest(
                     point: point_name(&name),
                     datatype: None,
                     unit: None,
-                    last: None,
                 },
             );
         } else {
@@ -685,7 +682,7 @@ fn ingest(
         None => (point_name(&name), metric.datatype, unit.map(Arc::from)),
     };
     if metric.is_null == Some(true) || metric.value.is_none() {
-        // Null: no reading; the last value stays what it was.
+        // Null: no reading; the point keeps its latest stored one.
         return;
     }
     let value = match value(datatype, metric.value.as_ref()) {
@@ -695,20 +692,16 @@ fn ingest(
             return;
         }
     };
-    let live = metric.is_historical != Some(true);
-    if live && let Some(t) = scope.metrics.get_mut(&name) {
-        let small = match &value {
-            RawValue::Text(s) => s.len() <= MAX_LAST_VALUE,
-            RawValue::Bytes(b) => b.len() <= MAX_LAST_VALUE,
-            _ => true,
-        };
-        t.last = small.then(|| value.clone());
-    }
     samples.push(Sample {
         device: scope.device.clone(),
         point,
         value,
-        device_time: metric.timestamp.or(payload_time).and_then(ms_to_ns),
+        // A timestamp past i64 nanoseconds (year 2262) is no instant: the
+        // gateway must distrust it, not take it for "no time".
+        device_time: metric
+            .timestamp
+            .or(payload_time)
+            .map_or(DeviceTime::Absent, |ms| DeviceTime::sent(ms_to_ns(ms))),
         quality: SampleQuality::Good,
         unit,
     });
@@ -860,7 +853,17 @@ mod tests {
     type Got = (Vec<Sample>, Vec<DecodeError>);
 
     fn decode(sp: &mut Sparkplug, topic: &str, bytes: &[u8]) -> Got {
-        sp.decode(topic, bytes).expect(topic)
+        let m = sp.decode(topic, bytes).expect(topic);
+        assert!(m.died.is_empty(), "{topic}: no death");
+        (m.samples, m.errors)
+    }
+
+    /// The devices a death names, sorted (nothing else comes with it).
+    fn died(sp: &mut Sparkplug, topic: &str, bytes: &[u8]) -> Vec<Arc<str>> {
+        let mut m = sp.decode(topic, bytes).expect(topic);
+        assert!(m.samples.is_empty() && m.errors.is_empty(), "{topic}: {m:?}");
+        m.died.sort();
+        m.died
     }
 
     fn values(samples: &[Sample]) -> Vec<(&str, &str, &RawValue, SampleQuality)> {
@@ -971,10 +974,10 @@ mod tests {
         // unless the metric has its own; engUnit as the unit.
         let temp = got["temp"];
         assert_eq!(&*temp.device, "plant_A:edge_1");
-        assert_eq!(temp.device_time, Some((T0 as i64 + 5) * 1_000_000));
+        assert_eq!(temp.device_time, DeviceTime::At((T0 as i64 + 5) * 1_000_000));
         assert_eq!(temp.unit.as_deref(), Some("Cel"));
         assert_eq!(temp.quality, SampleQuality::Good);
-        assert_eq!(got["on"].device_time, Some(T0 as i64 * 1_000_000));
+        assert_eq!(got["on"].device_time, DeviceTime::At(T0 as i64 * 1_000_000));
         assert_eq!(got["on"].unit, None);
     }
 
@@ -1075,7 +1078,7 @@ mod tests {
             &payload(Some(4), None, vec![by_alias(1, V::BooleanValue(true))]),
         );
         assert_eq!(&*s[0].point, "Node_Control/Rebirth");
-        assert_eq!(s[0].device_time, None);
+        assert_eq!(s[0].device_time, DeviceTime::Absent);
         // Data before any birth: names work, aliases cannot.
         let (s, e) = decode(
             &mut sp,
@@ -1097,7 +1100,7 @@ mod tests {
     }
 
     #[test]
-    fn deaths_mark_last_values_bad() {
+    fn deaths_name_the_devices_that_died() {
         let mut sp = Sparkplug::default();
         born(&mut sp);
         decode(
@@ -1105,37 +1108,16 @@ mod tests {
             "spBv1.0/g/DDATA/n/pump 1",
             &payload(Some(2), None, vec![by_alias(1, V::IntValue(42))]),
         );
-        // DDEATH: the device's metrics only, with their last values.
-        let (s, e) = decode(
-            &mut sp,
-            "spBv1.0/g/DDEATH/n/pump 1",
-            &payload(Some(3), None, vec![]),
-        );
-        assert!(e.is_empty());
+        // DDEATH: the device only. Which of its points had values, and
+        // which of those were stored, is the gateway's to know.
         assert_eq!(
-            values(&s),
-            [
-                (
-                    "g:n:pump_1",
-                    "silent",
-                    &RawValue::F64(0.0),
-                    SampleQuality::Bad
-                ),
-                (
-                    "g:n:pump_1",
-                    "speed",
-                    &RawValue::I64(42),
-                    SampleQuality::Bad
-                ),
-                (
-                    "g:n:pump_1",
-                    "state",
-                    &RawValue::Text("RUN".into()),
-                    SampleQuality::Bad
-                ),
-            ]
+            died(
+                &mut sp,
+                "spBv1.0/g/DDEATH/n/pump 1",
+                &payload(Some(3), None, vec![])
+            ),
+            [Arc::from("g:n:pump_1")]
         );
-        assert!(s.iter().all(|s| s.device_time.is_none()));
         // The device is born again; an NDEATH of an earlier session
         // (another bdSeq) is stale and marks nothing.
         decode(
@@ -1156,38 +1138,43 @@ mod tests {
         };
         let e = sp.decode("spBv1.0/g/NDEATH/n", &death(6)).unwrap_err();
         assert_eq!(e.reason, "stale_death");
-        // NDEATH: the node's metrics and every device's.
-        let (s, e) = decode(&mut sp, "spBv1.0/g/NDEATH/n", &death(7));
-        assert!(e.is_empty());
+        // NDEATH: the node and every device of it.
+        let both = [Arc::from("g:n"), Arc::from("g:n:pump_1")];
+        assert_eq!(died(&mut sp, "spBv1.0/g/NDEATH/n", &death(7)), both);
+        // Dead already: named again (the gateway finds nothing left to
+        // mark); unknown nodes and devices name nothing.
+        assert_eq!(died(&mut sp, "spBv1.0/g/NDEATH/n", &death(7)), both);
+        assert!(died(&mut sp, "spBv1.0/g/NDEATH/nobody", &death(1)).is_empty());
+        assert!(died(&mut sp, "spBv1.0/g/DDEATH/n/nobody", &death(1)).is_empty());
+    }
+
+    #[test]
+    fn a_timestamp_past_i64_nanoseconds_is_invalid_not_absent() {
+        let mut sp = Sparkplug::default();
+        // 2^63 ns is 9223372036854 ms and some: one ms more does not fit.
+        let fits = 9_223_372_036_854;
+        let mut late = metric("late", None, dt::INT32, V::IntValue(1));
+        late.timestamp = Some(fits + 1);
+        let mut max = metric("max", None, dt::INT32, V::IntValue(2));
+        max.timestamp = Some(u64::MAX);
+        let mut edge = metric("edge", None, dt::INT32, V::IntValue(3));
+        edge.timestamp = Some(fits);
+        let plain = metric("plain", None, dt::INT32, V::IntValue(4));
+        let (s, e) = decode(
+            &mut sp,
+            "spBv1.0/g/NBIRTH/n",
+            &payload(Some(0), None, vec![late, max, edge, plain]),
+        );
+        assert!(e.is_empty(), "{e:?}");
+        let times: Vec<_> = s.iter().map(|s| (&*s.point, s.device_time)).collect();
         assert_eq!(
-            values(&s),
+            times,
             [
-                (
-                    "g:n",
-                    "Node_Control/Rebirth",
-                    &RawValue::Bool(false),
-                    SampleQuality::Bad
-                ),
-                ("g:n", "bdSeq", &RawValue::I64(7), SampleQuality::Bad),
-                ("g:n", "cpu", &RawValue::F64(12.5), SampleQuality::Bad),
-                ("g:n:pump_1", "speed", &RawValue::I64(5), SampleQuality::Bad),
+                ("late", DeviceTime::Invalid),
+                ("max", DeviceTime::Invalid),
+                ("edge", DeviceTime::At(fits as i64 * 1_000_000)),
+                ("plain", DeviceTime::Absent),
             ]
-        );
-        // Dead already: nothing more to mark; unknown nodes neither.
-        assert!(
-            decode(&mut sp, "spBv1.0/g/NDEATH/n", &death(7))
-                .0
-                .is_empty()
-        );
-        assert!(
-            decode(&mut sp, "spBv1.0/g/NDEATH/nobody", &death(1))
-                .0
-                .is_empty()
-        );
-        assert!(
-            decode(&mut sp, "spBv1.0/g/DDEATH/n/nobody", &death(1))
-                .0
-                .is_empty()
         );
     }
 

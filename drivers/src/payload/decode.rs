@@ -6,7 +6,9 @@
 //!   pointer per point; optionally a timestamp at a JSON pointer.
 //! - `senml`: a SenML JSON pack (RFC 8428): base name, base time, base
 //!   unit, base value and base sum, records with `v`/`vb`/`vs`/`vd`/`s`,
-//!   times in seconds (values under 2^28 are relative to now).
+//!   times in seconds (values under 2^28 are relative to now). SenML CBOR
+//!   (`crate::coap::cbor`) reads its records into the same [`SenmlRecord`]
+//!   and shares the resolution ([`senml_records`]).
 //!
 //! A decoder never panics on input: what it cannot use is an error with a
 //! reason the driver counts per topic.
@@ -15,20 +17,49 @@ use std::collections::BTreeMap;
 
 use serde_json::Value as Json;
 
-use crate::RawValue;
+use crate::{DeviceTime, RawValue};
 
 /// One value found in a payload.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decoded {
-    /// The device the payload names (SenML base name), if any.
-    pub device: Option<String>,
-    /// The point; `None` for a plain payload (the rule names it).
+    /// The value's name: a JSON member, or SenML's resolved name (base
+    /// name + name); `None` for a plain payload (the rule names it).
     pub point: Option<String>,
+    /// SenML: how many bytes at the start of `point` are the base name,
+    /// when the record has a name of its own after it; 0 otherwise. See
+    /// [`Decoded::names`].
+    pub base_len: usize,
     pub value: RawValue,
-    /// The payload's own timestamp, UTC ns.
-    pub time: Option<i64>,
+    /// The payload's own timestamp.
+    pub time: DeviceTime,
     /// The payload's own unit (SenML).
     pub unit: Option<String>,
+}
+
+/// What may end a SenML base name that names a device (`urn:dev:x:`,
+/// `room-1/`): not part of the device id.
+const BASE_NAME_SEPARATORS: [char; 5] = [':', '/', '.', '-', '_'];
+
+impl Decoded {
+    /// The device and the point of this value. `named` is the device the
+    /// topic, the path or the configuration names, if any: then the point
+    /// is the whole name — for SenML the resolved name, base name + name,
+    /// which identifies the sensor (RFC 8428 §4.5.1), so records whose
+    /// resolved names differ never share a series. Otherwise a SenML record
+    /// with a base name and a name of its own belongs to the device its
+    /// base name names (without its trailing separator), and the point is
+    /// its own name. `(None, _)`: nothing names a device.
+    pub fn names<'a>(&'a self, named: Option<&'a str>) -> (Option<&'a str>, Option<&'a str>) {
+        let point = self.point.as_deref();
+        match (named, point) {
+            (Some(_), _) | (None, None) => (named, point),
+            (None, Some(name)) if self.base_len > 0 && self.base_len < name.len() => {
+                let (base, own) = name.split_at(self.base_len);
+                (Some(base.trim_end_matches(BASE_NAME_SEPARATORS)), Some(own))
+            }
+            (None, Some(_)) => (None, point),
+        }
+    }
 }
 
 /// Why (part of) a payload was rejected; `reason` is what is counted.
@@ -39,7 +70,7 @@ pub struct DecodeError {
 }
 
 impl DecodeError {
-    fn new(reason: &'static str, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(reason: &'static str, detail: impl Into<String>) -> Self {
         Self {
             reason,
             detail: detail.into(),
@@ -68,19 +99,24 @@ impl TimeUnit {
         }
     }
 
-    /// A timestamp in this unit, exact for integers.
-    fn to_ns(self, t: &Json) -> Option<i64> {
+    /// A timestamp in this unit, exact for integers; `None` if it is not
+    /// a number at all. A number that is no instant (beyond i64
+    /// nanoseconds) is [`DeviceTime::Invalid`].
+    fn to_ns(self, t: &Json) -> Option<DeviceTime> {
         let text = t.as_str().map(str::trim);
         if let Some(i) = t.as_i64().or_else(|| text?.parse().ok()) {
-            return i.checked_mul(self.ns_per_unit());
+            return Some(DeviceTime::sent(i.checked_mul(self.ns_per_unit())));
         }
         let f = t.as_f64().or_else(|| text?.parse().ok())?;
-        finite_ns(f * self.ns_per_unit() as f64)
+        Some(DeviceTime::sent(ns_of(f * self.ns_per_unit() as f64)))
     }
 }
 
-fn finite_ns(ns: f64) -> Option<i64> {
-    (ns.is_finite() && ns.abs() < 9.2e18).then_some(ns as i64)
+/// A number of nanoseconds as i64, if it is finite and fits.
+fn ns_of(ns: f64) -> Option<i64> {
+    // 2^63 is exact in f64; `as` would saturate instead of failing.
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+    (ns.is_finite() && (-LIMIT..LIMIT).contains(&ns)).then_some(ns as i64)
 }
 
 /// `plain`: the whole payload is one value.
@@ -100,10 +136,10 @@ pub fn plain(payload: &[u8]) -> Result<Decoded, DecodeError> {
         }
     };
     Ok(Decoded {
-        device: None,
         point: None,
+        base_len: 0,
         value,
-        time: None,
+        time: DeviceTime::Absent,
         unit: None,
     })
 }
@@ -157,17 +193,17 @@ pub fn json(
     let doc: Json = serde_json::from_slice(payload)
         .map_err(|e| DecodeError::new("malformed_json", e.to_string()))?;
     let time = match &layout.timestamp {
-        None => None,
+        None => DeviceTime::Absent,
         Some(pointer) => {
             let t = doc.pointer(pointer).ok_or_else(|| {
                 DecodeError::new("no_timestamp", format!("no timestamp at {pointer}"))
             })?;
-            Some(layout.time_unit.to_ns(t).ok_or_else(|| {
+            layout.time_unit.to_ns(t).ok_or_else(|| {
                 DecodeError::new(
                     "bad_timestamp",
                     format!("timestamp at {pointer} is not a number: {t}"),
                 )
-            })?)
+            })?
         }
     };
     let mut values = Vec::new();
@@ -175,8 +211,8 @@ pub fn json(
     let mut missing = Vec::new();
     let mut push = |point: &str, v: &Json| match json_value(v) {
         Ok(value) => values.push(Decoded {
-            device: None,
             point: Some(point.to_owned()),
+            base_len: 0,
             value,
             time,
             unit: None,
@@ -218,25 +254,169 @@ pub fn json(
     Ok((values, errors))
 }
 
-/// Times below this are relative to now (RFC 8428, section 4.5.3).
+/// Times below this, 2^28 s, are relative to now (RFC 8428 §4.5.3).
 const SENML_RELATIVE: f64 = 268_435_456.0;
+
+/// A SenML field's value as either encoding carries it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SenmlField {
+    Text(String),
+    /// Any number: SenML's are floating point (an integer beyond 2^53
+    /// loses its low bits, as in JSON).
+    Number(f64),
+    Bool(bool),
+    Bytes(Vec<u8>),
+    /// Anything else (null, an array, a map): no field's type.
+    Other,
+}
+
+impl SenmlField {
+    fn kind(&self) -> &'static str {
+        match self {
+            SenmlField::Text(_) => "text",
+            SenmlField::Number(_) => "a number",
+            SenmlField::Bool(_) => "a boolean",
+            SenmlField::Bytes(_) => "bytes",
+            SenmlField::Other => "null, an array or a map",
+        }
+    }
+}
+
+impl From<Json> for SenmlField {
+    fn from(value: Json) -> Self {
+        match value {
+            Json::String(s) => SenmlField::Text(s),
+            // Always a number without serde_json's `arbitrary_precision`.
+            Json::Number(n) => SenmlField::Number(n.as_f64().unwrap_or(f64::NAN)),
+            Json::Bool(b) => SenmlField::Bool(b),
+            Json::Null | Json::Array(_) | Json::Object(_) => SenmlField::Other,
+        }
+    }
+}
+
+/// `vd` as the encoding carries it.
+#[derive(Debug, Clone, PartialEq)]
+enum DataValue {
+    /// SenML JSON: base64url text.
+    Base64(String),
+    /// SenML CBOR: a byte string.
+    Bytes(Vec<u8>),
+}
+
+/// One record of a SenML pack (RFC 8428 §4) with the fields the gateway
+/// reads, from either encoding ([`SenmlRecord::set`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SenmlRecord {
+    base_name: Option<String>,
+    base_time: Option<f64>,
+    base_unit: Option<String>,
+    base_value: Option<f64>,
+    base_sum: Option<f64>,
+    name: Option<String>,
+    unit: Option<String>,
+    value: Option<f64>,
+    bool_value: Option<bool>,
+    string_value: Option<String>,
+    data_value: Option<DataValue>,
+    sum: Option<f64>,
+    time: Option<f64>,
+    /// It has a field that is not a base field: a record of base fields
+    /// only carries no value and is no error.
+    not_only_base: bool,
+}
+
+impl SenmlRecord {
+    /// Sets the field whose SenML JSON label is `label` (RFC 8428 table 4;
+    /// SenML CBOR's integer labels map to these). Fields the gateway does
+    /// not read (`bver`, `ut`, extensions) are ignored; a field of the
+    /// wrong type is an error naming it (the record is malformed: its time
+    /// must not silently become "now", nor its name another sensor's).
+    pub fn set(&mut self, label: &str, field: SenmlField) -> Result<(), String> {
+        use SenmlField as F;
+        if !label.starts_with('b') {
+            self.not_only_base = true;
+        }
+        match (label, field) {
+            ("bn", F::Text(t)) => self.base_name = Some(t),
+            ("bu", F::Text(t)) => self.base_unit = Some(t),
+            ("n", F::Text(t)) => self.name = Some(t),
+            ("u", F::Text(t)) => self.unit = Some(t),
+            ("vs", F::Text(t)) => self.string_value = Some(t),
+            ("bt", F::Number(x)) => self.base_time = Some(x),
+            ("bv", F::Number(x)) => self.base_value = Some(x),
+            ("bs", F::Number(x)) => self.base_sum = Some(x),
+            ("v", F::Number(x)) => self.value = Some(x),
+            ("s", F::Number(x)) => self.sum = Some(x),
+            ("t", F::Number(x)) => self.time = Some(x),
+            ("vb", F::Bool(b)) => self.bool_value = Some(b),
+            ("vd", F::Text(t)) => self.data_value = Some(DataValue::Base64(t)),
+            ("vd", F::Bytes(b)) => self.data_value = Some(DataValue::Bytes(b)),
+            (label @ ("bn" | "bu" | "n" | "u" | "vs"), f) => {
+                return Err(format!("{label} must be text, not {}", f.kind()));
+            }
+            (label @ ("bt" | "bv" | "bs" | "v" | "s" | "t"), f) => {
+                return Err(format!("{label} must be a number, not {}", f.kind()));
+            }
+            ("vb", f) => return Err(format!("vb must be a boolean, not {}", f.kind())),
+            ("vd", f) => return Err(format!("vd must be base64url text, not {}", f.kind())),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// A SenML time (RFC 8428 §4.5.3): seconds since the Unix epoch from 2^28
+/// on; below 2^28, negative values included, seconds relative to `now`
+/// (UTC ns). A time that is no instant (not finite, beyond i64 ns) is
+/// [`DeviceTime::Invalid`], never "no time".
+fn senml_time(t: f64, now: i64) -> DeviceTime {
+    let ns = ns_of(t * 1e9);
+    // NaN compares false: it takes the absolute branch and fails there.
+    DeviceTime::sent(if t < SENML_RELATIVE {
+        ns.and_then(|dt| now.checked_add(dt))
+    } else {
+        ns
+    })
+}
 
 /// `senml`: a SenML JSON pack. `now` (UTC ns) resolves relative times.
 pub fn senml(payload: &[u8], now: i64) -> Result<(Vec<Decoded>, Vec<DecodeError>), DecodeError> {
     let doc: Json = serde_json::from_slice(payload)
         .map_err(|e| DecodeError::new("malformed_json", e.to_string()))?;
-    senml_pack(doc, now)
-}
-
-/// A SenML pack already parsed (from JSON, or from CBOR with its labels
-/// turned into the JSON names).
-pub fn senml_pack(doc: Json, now: i64) -> Result<(Vec<Decoded>, Vec<DecodeError>), DecodeError> {
     let Json::Array(records) = doc else {
         return Err(DecodeError::new(
             "malformed_senml",
             "a SenML pack is a JSON array of records",
         ));
     };
+    let records = records.into_iter().enumerate().map(|(i, record)| {
+        let Json::Object(fields) = record else {
+            return Err(DecodeError::new(
+                "malformed_senml",
+                format!("record {i} is not an object"),
+            ));
+        };
+        let mut r = SenmlRecord::default();
+        for (label, value) in fields {
+            r.set(&label, value.into())
+                .map_err(|why| DecodeError::new("malformed_senml", format!("record {i}: {why}")))?;
+        }
+        Ok(r)
+    });
+    Ok(senml_records(records, now))
+}
+
+/// Resolves a SenML pack's records in order (RFC 8428 §4.6): base fields
+/// apply to their own record and every later one until set again; a
+/// record's name is the base name followed by its name; its time is base
+/// time + time ([`senml_time`]); its unit is `u`, else the base unit. A
+/// record that could not be read (`Err`) is counted and contributes
+/// nothing, not even its base fields. `now` (UTC ns, when the pack
+/// arrived) resolves relative times.
+pub fn senml_records(
+    records: impl IntoIterator<Item = Result<SenmlRecord, DecodeError>>,
+    now: i64,
+) -> (Vec<Decoded>, Vec<DecodeError>) {
     let mut base_name = String::new();
     let mut base_time = 0.0;
     let mut base_unit: Option<String> = None;
@@ -244,32 +424,31 @@ pub fn senml_pack(doc: Json, now: i64) -> Result<(Vec<Decoded>, Vec<DecodeError>
     let mut base_sum = 0.0;
     let mut values = Vec::new();
     let mut errors = Vec::new();
-    for (i, record) in records.iter().enumerate() {
-        let Json::Object(r) = record else {
-            errors.push(DecodeError::new(
-                "malformed_senml",
-                format!("record {i} is not an object"),
-            ));
-            continue;
+    for (i, record) in records.into_iter().enumerate() {
+        let r = match record {
+            Ok(r) => r,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
         };
-        let text = |k: &str| r.get(k).and_then(Json::as_str);
-        let num = |k: &str| r.get(k).and_then(Json::as_f64);
-        if let Some(bn) = text("bn") {
-            base_name = bn.to_owned();
+        if let Some(bn) = r.base_name {
+            base_name = bn;
         }
-        if let Some(bt) = num("bt") {
+        if let Some(bt) = r.base_time {
             base_time = bt;
         }
-        if let Some(bu) = text("bu") {
-            base_unit = Some(bu.to_owned());
+        if let Some(bu) = r.base_unit {
+            base_unit = Some(bu);
         }
-        if let Some(bv) = num("bv") {
+        if let Some(bv) = r.base_value {
             base_value = bv;
         }
-        if let Some(bs) = num("bs") {
+        if let Some(bs) = r.base_sum {
             base_sum = bs;
         }
-        let name = format!("{base_name}{}", text("n").unwrap_or(""));
+        let own = r.name.as_deref().unwrap_or("");
+        let name = format!("{base_name}{own}");
         if name.is_empty() {
             errors.push(DecodeError::new(
                 "malformed_senml",
@@ -277,26 +456,29 @@ pub fn senml_pack(doc: Json, now: i64) -> Result<(Vec<Decoded>, Vec<DecodeError>
             ));
             continue;
         }
-        let value = if let Some(v) = num("v") {
+        let value = if let Some(v) = r.value {
             RawValue::F64(base_value + v)
-        } else if let Some(vb) = r.get("vb").and_then(Json::as_bool) {
+        } else if let Some(vb) = r.bool_value {
             RawValue::Bool(vb)
-        } else if let Some(vs) = text("vs") {
-            RawValue::Text(vs.to_owned())
-        } else if let Some(vd) = text("vd") {
-            match base64url_decode(vd) {
-                Some(bytes) => RawValue::Bytes(bytes),
-                None => {
-                    errors.push(DecodeError::new(
-                        "malformed_senml",
-                        format!("{name}: vd is not base64url"),
-                    ));
-                    continue;
-                }
+        } else if let Some(vs) = r.string_value {
+            RawValue::Text(vs)
+        } else if let Some(vd) = r.data_value {
+            match vd {
+                DataValue::Bytes(bytes) => RawValue::Bytes(bytes),
+                DataValue::Base64(text) => match base64url_decode(&text) {
+                    Some(bytes) => RawValue::Bytes(bytes),
+                    None => {
+                        errors.push(DecodeError::new(
+                            "malformed_senml",
+                            format!("{name}: vd is not base64url"),
+                        ));
+                        continue;
+                    }
+                },
             }
-        } else if let Some(s) = num("s") {
+        } else if let Some(s) = r.sum {
             RawValue::F64(base_sum + s)
-        } else if r.keys().all(|k| k.starts_with('b')) {
+        } else if !r.not_only_base {
             // A record of base fields only.
             continue;
         } else {
@@ -306,36 +488,16 @@ pub fn senml_pack(doc: Json, now: i64) -> Result<(Vec<Decoded>, Vec<DecodeError>
             ));
             continue;
         };
-        let t = base_time + num("t").unwrap_or(0.0);
-        let time = if t.abs() < SENML_RELATIVE {
-            // Relative to now (0: "now").
-            finite_ns(t * 1e9).map(|dt| now.saturating_add(dt))
-        } else {
-            finite_ns(t * 1e9)
-        };
-        let unit = text("u").map(str::to_owned).or_else(|| base_unit.clone());
-        // The device is the base name without its separator, the point
-        // the record's own name (a rule that names the device wins).
-        let (device, point) = match (base_name.is_empty(), text("n")) {
-            (false, Some(n)) if !n.is_empty() => (
-                Some(
-                    base_name
-                        .trim_end_matches([':', '/', '.', '-', '_'])
-                        .to_owned(),
-                ),
-                n.to_owned(),
-            ),
-            _ => (None, name.clone()),
-        };
+        let base_len = if own.is_empty() { 0 } else { base_name.len() };
         values.push(Decoded {
-            device,
-            point: Some(point),
+            point: Some(name),
+            base_len,
             value,
-            time,
-            unit,
+            time: senml_time(base_time + r.time.unwrap_or(0.0), now),
+            unit: r.unit.or_else(|| base_unit.clone()),
         });
     }
-    Ok((values, errors))
+    (values, errors)
 }
 
 /// SenML's `vd` (RFC 8428: base64url without padding), read leniently:
@@ -402,7 +564,7 @@ mod tests {
         assert!(
             values
                 .iter()
-                .all(|d| d.time == Some(1_700_000_000_123_000_000))
+                .all(|d| d.time == DeviceTime::At(1_700_000_000_123_000_000))
         );
         assert_eq!(errors.len(), 2);
         assert!(errors.iter().all(|e| e.reason == "unsupported_value"));
@@ -423,7 +585,7 @@ mod tests {
         .unwrap();
         assert_eq!(values.len(), 1);
         assert_eq!(values[0].value, RawValue::I64(3));
-        assert_eq!(values[0].time, Some(1_700_000_000_500_000_000));
+        assert_eq!(values[0].time, DeviceTime::At(1_700_000_000_500_000_000));
         assert_eq!(errors[0].reason, "missing_point");
 
         assert_eq!(json(b"{", &flat).unwrap_err().reason, "malformed_json");
@@ -434,6 +596,33 @@ mod tests {
         assert_eq!(
             json(b"[1]", &JsonLayout::default()).unwrap_err().reason,
             "not_an_object"
+        );
+    }
+
+    #[test]
+    fn json_timestamps_that_are_no_instant_are_invalid_not_absent() {
+        let layout = JsonLayout {
+            timestamp: Some("/ts".into()),
+            time_unit: TimeUnit::Ms,
+            ..JsonLayout::default()
+        };
+        let time = |payload: &str| json(payload.as_bytes(), &layout).map(|(v, _)| v[0].time);
+        // A number, but past i64 nanoseconds: a time the gateway must
+        // distrust, as it distrusts 1990.
+        assert_eq!(time(r#"{"ts": 1e300, "x": 1}"#), Ok(DeviceTime::Invalid));
+        assert_eq!(
+            time(r#"{"ts": 9223372036855, "x": 1}"#),
+            Ok(DeviceTime::Invalid)
+        );
+        assert_eq!(time(r#"{"ts": "-1e300", "x": 1}"#), Ok(DeviceTime::Invalid));
+        assert_eq!(
+            time(r#"{"ts": 9223372036854, "x": 1}"#),
+            Ok(DeviceTime::At(9_223_372_036_854_000_000))
+        );
+        // Not a number at all: the payload is rejected.
+        assert_eq!(
+            time(r#"{"ts": "yesterday", "x": 1}"#).unwrap_err().reason,
+            "bad_timestamp"
         );
     }
 
@@ -456,17 +645,109 @@ mod tests {
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(values.len(), 8);
         let v0 = &values[0];
-        assert_eq!(v0.device.as_deref(), Some("urn:dev:ow:10e2073a01080063"));
-        assert_eq!(v0.point.as_deref(), Some("voltage"));
+        assert_eq!(
+            v0.point.as_deref(),
+            Some("urn:dev:ow:10e2073a01080063:voltage")
+        );
+        assert_eq!(
+            v0.names(None),
+            (Some("urn:dev:ow:10e2073a01080063"), Some("voltage"))
+        );
         assert_eq!(v0.unit.as_deref(), Some("V"));
-        assert_eq!(v0.time, Some(1_320_067_464_000_000_000));
+        assert_eq!(v0.time, DeviceTime::At(1_320_067_464_000_000_000));
         assert_eq!(values[1].unit.as_deref(), Some("A"));
-        assert_eq!(values[1].time, Some(1_320_067_459_000_000_000));
+        assert_eq!(values[1].time, DeviceTime::At(1_320_067_459_000_000_000));
         assert_eq!(values[3].value, RawValue::Bool(true));
         assert_eq!(values[4].value, RawValue::Text("door".into()));
         assert_eq!(values[5].value, RawValue::Bytes(vec![1, 2, 3]));
         assert_eq!(values[6].value, RawValue::F64(42.0));
-        assert_eq!(values[7].time, Some(now - 2_000_000_000));
+        assert_eq!(values[7].time, DeviceTime::At(now - 2_000_000_000));
+    }
+
+    #[test]
+    fn senml_points_are_resolved_names_when_the_device_is_named_elsewhere() {
+        let pack = br#"[
+          {"bn": "s1:", "n": "temp", "v": 1},
+          {"bn": "s2:", "n": "temp", "v": 2},
+          {"bn": "a:", "n": "b:c", "v": 3},
+          {"bn": "a:b:", "n": "c", "v": 4},
+          {"bn": "", "n": "plain", "v": 5},
+          {"bn": "whole/name", "vb": true},
+          {"bn": ":", "n": "x", "v": 6}
+        ]"#;
+        let (values, errors) = senml(pack, 0).unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        let named: Vec<_> = values.iter().map(|d| d.names(Some("room-1"))).collect();
+        let room = Some("room-1");
+        assert_eq!(
+            named,
+            [
+                (room, Some("s1:temp")),
+                (room, Some("s2:temp")),
+                (room, Some("a:b:c")),
+                (room, Some("a:b:c")),
+                (room, Some("plain")),
+                (room, Some("whole/name")),
+                (room, Some(":x")),
+            ]
+        );
+        // Only the pack names the device: the base name does (without its
+        // separator), and the point is the record's own name. A record
+        // without one of them names no device.
+        let own: Vec<_> = values.iter().map(|d| d.names(None)).collect();
+        assert_eq!(
+            own,
+            [
+                (Some("s1"), Some("temp")),
+                (Some("s2"), Some("temp")),
+                (Some("a"), Some("b:c")),
+                (Some("a:b"), Some("c")),
+                (None, Some("plain")),
+                (None, Some("whole/name")),
+                (Some(""), Some("x")),
+            ]
+        );
+    }
+
+    #[test]
+    fn senml_times_below_2_28_are_relative_and_no_instant_is_invalid() {
+        let now: i64 = 1_800_000_000_000_000_000;
+        let time = |fields: &str| {
+            let pack = format!(r#"[{{"n": "x", "v": 1{fields}}}]"#);
+            let (values, errors) = senml(pack.as_bytes(), now).expect("a pack");
+            assert!(errors.is_empty(), "{fields}: {errors:?}");
+            values[0].time
+        };
+        assert_eq!(time(""), DeviceTime::At(now));
+        assert_eq!(time(r#", "t": -60"#), DeviceTime::At(now - 60_000_000_000));
+        // Every value below 2^28 is relative, however negative.
+        assert_eq!(
+            time(r#", "t": -268435456"#),
+            DeviceTime::At(now - 268_435_456_000_000_000)
+        );
+        assert_eq!(
+            time(r#", "t": 268435455"#),
+            DeviceTime::At(now + 268_435_455_000_000_000)
+        );
+        assert_eq!(
+            time(r#", "t": 268435456"#),
+            DeviceTime::At(268_435_456_000_000_000)
+        );
+        assert_eq!(
+            time(r#", "bt": 1700000000, "t": 0.5"#),
+            DeviceTime::At(1_700_000_000_500_000_000)
+        );
+        for no_instant in [
+            r#", "t": 1e300"#,
+            r#", "t": -1e300"#,
+            r#", "t": 9223372037"#,
+            r#", "t": 18446744073709551615"#,
+            r#", "t": -9223372036854775808"#,
+            r#", "t": -18446744073709551616"#,
+            r#", "bt": 9000000000, "t": 300000000"#,
+        ] {
+            assert_eq!(time(no_instant), DeviceTime::Invalid, "{no_instant}");
+        }
     }
 
     #[test]
@@ -476,6 +757,31 @@ mod tests {
         assert_eq!(values.len(), 1);
         assert_eq!(errors.len(), 3);
         assert_eq!(senml(b"{}", 0).unwrap_err().reason, "malformed_senml");
+    }
+
+    #[test]
+    fn senml_fields_of_the_wrong_type_make_the_record_malformed() {
+        // A text time is not "now", a numeric name is not "no name": the
+        // record is rejected (base fields and all), the others kept.
+        let (values, errors) = senml(
+            br#"[{"n": "a", "v": 1, "t": "yesterday"}, {"bn": 7, "n": "b", "v": 2},
+                {"n": "c", "v": "3"}, {"n": "d", "vb": 1}, {"bn": "x:", "n": "e", "v": 5}]"#,
+            0,
+        )
+        .unwrap();
+        assert_eq!(values.len(), 1);
+        assert_eq!(values[0].point.as_deref(), Some("x:e"));
+        let details: Vec<&str> = errors.iter().map(|e| e.detail.as_str()).collect();
+        assert_eq!(
+            details,
+            [
+                "record 0: t must be a number, not text",
+                "record 1: bn must be text, not a number",
+                "record 2: v must be a number, not text",
+                "record 3: vb must be a boolean, not a number",
+            ]
+        );
+        assert!(errors.iter().all(|e| e.reason == "malformed_senml"));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use biota_common::time::now_ns;
 use crate::component::{BoxError, BuildContext, Component, DriverConfig};
-use crate::{DeviceBinding, RawValue, Sample, SampleBatch, SampleQuality, SampleSink};
+use crate::{DeviceBinding, DeviceTime, RawValue, Sample, SampleBatch, SampleQuality, SampleSink};
 use config::copy_name;
 
 /// Shortest sleep between wake-ups: high-rate points are emitted in
@@ -207,14 +207,17 @@ impl SimDevice {
             samples,
             profile: None,
             notice: None,
+            died: Vec::new(),
         };
         sink.send_unless(batch, shutdown).await
     }
 
     fn sample(&mut self, i: usize, at_ns: u64) -> Sample {
-        let device_time = self
-            .device_timestamps
-            .then(|| self.started_wall.saturating_add(at_ns as i64));
+        let device_time = if self.device_timestamps {
+            DeviceTime::At(self.started_wall.saturating_add(at_ns as i64))
+        } else {
+            DeviceTime::Absent
+        };
         let point = &mut self.points[i];
         let t = at_ns as f64 / 1e9;
         let value = match (&mut point.state, point.waveform) {
@@ -360,7 +363,10 @@ mod tests {
         }
         // Device timestamps are the schedule: 5 ms apart at 200/s.
         let times: Vec<i64> = of(&samples, "c")
-            .map(|s| s.device_time.expect("timestamp"))
+            .map(|s| match s.device_time {
+                DeviceTime::At(t) => t,
+                other => panic!("a timestamp, not {other:?}"),
+            })
             .collect();
         for pair in times.windows(2) {
             assert_eq!(pair[1] - pair[0], 5_000_000);

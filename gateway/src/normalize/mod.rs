@@ -2,7 +2,9 @@
 //! through the device profiles of the configuration — rename, type,
 //! scale and offset, unit, deadband, and the timestamp rule. Anything
 //! that cannot become a valid reading is rejected with a counted reason
-//! (see [`RejectReason`]); nothing here panics on device input.
+//! (see [`RejectReason`]); nothing here panics on device input. Devices a
+//! batch says died become [`DeviceDeath`]s for the store's writer, which
+//! alone knows what each point holds.
 //!
 //! - [`config`]: `[profiles.<name>]`, its types and validation.
 
@@ -12,10 +14,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use biota_drivers::{DeviceBinding, RawValue, Sample, SampleBatch, SampleQuality};
+use biota_drivers::{DeviceBinding, DeviceTime, RawValue, Sample, SampleBatch, SampleQuality};
 use rustc_hash::FxHashMap as HashMap;
 
-use crate::cdm::{self, CdmError, Quality, Reading, Value, ValueKind};
+use crate::cdm::{self, CdmError, DeviceDeath, Quality, Reading, Value, ValueKind};
 use crate::metrics::{Metrics, RejectReason};
 use config::{ProfileConfig, TimestampRule, Unmapped};
 
@@ -71,14 +73,20 @@ impl Profile {
     }
 }
 
+/// A deadbanded series' last stored value and its quality.
+type DeadbandLast = (f64, Quality);
+
 /// Turns sample batches into readings (without seq: the writer assigns it).
 pub struct Normalizer {
     by_device: HashMap<Arc<str>, Arc<Profile>>,
     /// Profiles by name, for batches that name theirs (a driver's rule).
     by_name: HashMap<Arc<str>, Arc<Profile>>,
     passthrough: Arc<Profile>,
-    /// Last stored value and quality per deadbanded series.
-    deadband_last: HashMap<(Arc<str>, Arc<str>), (f64, Quality)>,
+    /// Last stored value and quality per deadbanded series, by device
+    /// (a death forgets a device's at once).
+    deadband_last: HashMap<Arc<str>, HashMap<Arc<str>, DeadbandLast>>,
+    /// Series in `deadband_last`, for its bound.
+    deadband_len: usize,
     /// Sources already validated (a source repeats on every batch); at
     /// most `MAX_CACHED`, since sources come from the network.
     valid_sources: HashMap<Arc<str>, bool>,
@@ -138,13 +146,20 @@ impl Normalizer {
             by_name,
             passthrough: Arc::new(Profile::passthrough()),
             deadband_last: HashMap::default(),
+            deadband_len: 0,
             valid_sources: HashMap::default(),
             metrics,
         }
     }
 
-    /// Normalizes one batch, appending readings to `out`.
-    pub fn normalize(&mut self, batch: SampleBatch, out: &mut Vec<Reading>) {
+    /// Normalizes one batch, appending readings to `out` and the devices
+    /// it says died, after them, to `died`.
+    pub fn normalize(
+        &mut self,
+        batch: SampleBatch,
+        out: &mut Vec<Reading>,
+        died: &mut Vec<DeviceDeath>,
+    ) {
         let metrics = self.metrics.clone();
         metrics
             .received
@@ -164,6 +179,10 @@ impl Normalizer {
                 .unwrap_or_default();
             for s in &batch.samples {
                 metrics.reject(RejectReason::InvalidSource, &s.device, &s.point, &detail);
+            }
+            // A death's bad readings would carry the source.
+            for device in &batch.died {
+                metrics.reject(RejectReason::InvalidSource, device, "*", &detail);
             }
             return;
         }
@@ -190,6 +209,22 @@ impl Normalizer {
         metrics
             .accepted
             .fetch_add((out.len() - before) as u64, Relaxed);
+        for device in batch.died {
+            // Nothing was stored under an invalid id: nothing to mark.
+            if cdm::validate_device(&device).is_err() {
+                continue;
+            }
+            // The first value after a death is stored whatever its
+            // distance from the last one: the point is bad until then.
+            if let Some(points) = self.deadband_last.remove(&device) {
+                self.deadband_len -= points.len();
+            }
+            died.push(DeviceDeath {
+                device,
+                at: batch.received_at,
+                source: batch.source.clone(),
+            });
+        }
     }
 
     /// `Ok(None)`: suppressed by the deadband.
@@ -246,16 +281,17 @@ impl Normalizer {
             SampleQuality::Bad => Quality::Bad,
         };
         let ts = match (profile.timestamp, sample.device_time) {
-            (TimestampRule::Device, Some(t))
+            (TimestampRule::Device, DeviceTime::At(t))
                 if (cdm::EARLIEST_TS_NS..=received_at.saturating_add(cdm::MAX_FUTURE_SKEW_NS))
                     .contains(&t) =>
             {
                 t
             }
-            (TimestampRule::Device, Some(_)) => {
+            (TimestampRule::Device, DeviceTime::At(_) | DeviceTime::Invalid) => {
                 // A device clock that is off by years is common (no RTC
                 // battery, never set): keep the value, stamp it on arrival
-                // and say it is less trustworthy.
+                // and say it is less trustworthy. A time that is no instant
+                // at all (1e300 s, NaN) is at least as implausible.
                 self.metrics.clock_fallbacks.fetch_add(1, Relaxed);
                 if quality == Quality::Good {
                     quality = Quality::Uncertain;
@@ -268,8 +304,11 @@ impl Normalizer {
             && rule.deadband > 0.0
             && let Some(v) = value.as_f64()
         {
-            let key = (sample.device.clone(), point.clone());
-            match self.deadband_last.get_mut(&key) {
+            let last = self
+                .deadband_last
+                .get_mut(&sample.device)
+                .and_then(|points| points.get_mut(&point));
+            match last {
                 Some((last, last_quality))
                     if *last_quality == quality && (v - *last).abs() < rule.deadband =>
                 {
@@ -279,10 +318,15 @@ impl Normalizer {
                 None => {
                     // Forgetting the last values costs one stored reading
                     // per series; growing without bound costs the gateway.
-                    if self.deadband_last.len() >= MAX_CACHED {
+                    if self.deadband_len >= MAX_CACHED {
                         self.deadband_last.clear();
+                        self.deadband_len = 0;
                     }
-                    self.deadband_last.insert(key, (v, quality));
+                    self.deadband_last
+                        .entry(sample.device.clone())
+                        .or_default()
+                        .insert(point.clone(), (v, quality));
+                    self.deadband_len += 1;
                 }
             }
         }
@@ -459,14 +503,25 @@ mod tests {
             device: device.into(),
             point: point.into(),
             value,
-            device_time,
+            device_time: device_time.map_or(DeviceTime::Absent, DeviceTime::At),
             quality: SampleQuality::Good,
             unit: None,
         }
     }
 
     fn run(n: &mut Normalizer, samples: Vec<Sample>) -> Vec<Reading> {
+        let (out, died) = run_with_deaths(n, samples, &[]);
+        assert!(died.is_empty());
+        out
+    }
+
+    fn run_with_deaths(
+        n: &mut Normalizer,
+        samples: Vec<Sample>,
+        died: &[&str],
+    ) -> (Vec<Reading>, Vec<DeviceDeath>) {
         let mut out = Vec::new();
+        let mut deaths = Vec::new();
         n.normalize(
             SampleBatch {
                 source: "sim://test".into(),
@@ -474,10 +529,12 @@ mod tests {
                 samples,
                 profile: None,
                 notice: None,
+                died: died.iter().map(|d| Arc::from(*d)).collect(),
             },
             &mut out,
+            &mut deaths,
         );
-        out
+        (out, deaths)
     }
 
     const PRESS: &str = r#"
@@ -567,6 +624,43 @@ type = "bool"
     }
 
     #[test]
+    fn a_device_time_that_is_no_instant_is_implausible_not_absent() {
+        let (mut n, metrics) = normalizer(&format!(
+            "{PRESS}\n[profiles.other]\ntimestamp = \"ingest\"\n"
+        ));
+        let mut invalid = sample("press-1", "count", RawValue::I64(1), None);
+        invalid.device_time = DeviceTime::Invalid;
+        let absent = sample("press-1", "count", RawValue::I64(2), None);
+        let out = run(&mut n, vec![invalid, absent]);
+        let got: Vec<_> = out.iter().map(|r| (r.ts, r.quality)).collect();
+        assert_eq!(got, [(NOW, Quality::Uncertain), (NOW, Quality::Good)]);
+        assert_eq!(metrics.clock_fallbacks.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn deaths_pass_to_the_writer_and_reset_the_deadband() {
+        let (mut n, metrics) = normalizer(PRESS);
+        let temp = |raw: u64| sample("press-1", "temp_raw", RawValue::U64(raw), None);
+        assert_eq!(run(&mut n, vec![temp(650)]).len(), 1);
+        let (out, died) = run_with_deaths(&mut n, vec![temp(651)], &["press-1", "bad id!"]);
+        // Within the deadband: filtered; the death comes after it. An
+        // invalid id never had anything stored: nothing to mark.
+        assert!(out.is_empty());
+        assert_eq!(
+            died,
+            [DeviceDeath {
+                device: "press-1".into(),
+                at: NOW,
+                source: "sim://test".into(),
+            }]
+        );
+        // After the death the same value is stored again (the store holds
+        // it as bad now), and the deadband applies from there.
+        assert_eq!(run(&mut n, vec![temp(651), temp(652)]).len(), 1);
+        assert_eq!(metrics.rejected_total(), 0);
+    }
+
+    #[test]
     fn bad_samples_are_rejected_with_reasons() {
         let (mut n, metrics) = normalizer(&format!(
             "{PRESS}\n[profiles.strict]\nunmapped = \"reject\"\n"
@@ -617,10 +711,12 @@ type = "bool"
                 samples: vec![sample("press-1", "count", RawValue::I64(1), None)],
                 profile: None,
                 notice: None,
+                died: vec!["press-1".into()],
             },
             &mut out,
+            &mut Vec::new(),
         );
         assert!(out.is_empty());
-        assert_eq!(metrics.rejected(RejectReason::InvalidSource), 1);
+        assert_eq!(metrics.rejected(RejectReason::InvalidSource), 2);
     }
 }

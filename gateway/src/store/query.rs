@@ -158,28 +158,7 @@ impl StoreReader {
 
     /// The latest reading of every series (of `device`, if given).
     pub fn latest(&self, device: Option<&str>) -> Result<Vec<Reading>, StoreError> {
-        self.named_readings(LATEST_SQL, [device], "querying latest values")
-    }
-
-    /// Rows of (device, point, then a reading's columns) as readings.
-    fn named_readings(
-        &self,
-        sql: &str,
-        params: impl rusqlite::Params,
-        what: &'static str,
-    ) -> Result<Vec<Reading>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(sql)
-            .map_err(sql_err(&self.path, what))?;
-        let mut rows = stmt.query(params).map_err(sql_err(&self.path, what))?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next().map_err(sql_err(&self.path, what))? {
-            let device: Arc<str> = Arc::from(row_str(row, 0, &self.path)?);
-            let point: Arc<str> = Arc::from(row_str(row, 1, &self.path)?);
-            out.push(self.reading(row, 2, device, point)?);
-        }
-        Ok(out)
+        latest(&self.conn, &self.path, device)
     }
 
     /// Every device with stored readings and its number of series
@@ -203,7 +182,13 @@ impl StoreReader {
     pub fn after_seq(&self, seq: u64, limit: usize) -> Result<Vec<Reading>, StoreError> {
         let seq = i64::try_from(seq).unwrap_or(i64::MAX);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.named_readings(AFTER_SEQ_SQL, [seq, limit], "querying readings by seq")
+        named_readings(
+            &self.conn,
+            &self.path,
+            AFTER_SEQ_SQL,
+            [seq, limit],
+            "querying readings by seq",
+        )
     }
 
     /// Like [`Self::after_seq`], but a row that is not a valid reading
@@ -223,7 +208,7 @@ impl StoreReader {
         while let Some(row) = rows.next().map_err(sql_err(&self.path, what))? {
             let named = row_str(row, 0, &self.path).and_then(|device| {
                 let point = row_str(row, 1, &self.path)?;
-                self.reading(row, 2, Arc::from(device), Arc::from(point))
+                reading(&self.path, row, 2, Arc::from(device), Arc::from(point))
             });
             out.push(match named {
                 Ok(r) => Ok(r),
@@ -298,7 +283,7 @@ impl StoreReader {
             .next()
             .map_err(sql_err(&self.path, "reading a range"))?
         {
-            readings.push(self.reading(row, 0, device.clone(), point.clone())?);
+            readings.push(reading(&self.path, row, 0, device.clone(), point.clone())?);
         }
         let next = (readings.len() == limit)
             .then(|| {
@@ -396,64 +381,93 @@ impl StoreReader {
         rows.collect::<Result<_, _>>()
             .map_err(sql_err(&self.path, "explaining a query"))
     }
+}
 
-    /// Decodes seq, ts, flags, value, unit, source starting at column `at`.
-    fn reading(
-        &self,
-        row: &Row<'_>,
-        at: usize,
-        device: Arc<str>,
-        point: Arc<str>,
-    ) -> Result<Reading, StoreError> {
-        let err = sql_err(&self.path, "decoding a reading");
-        let seq: i64 = row.get(at).map_err(err)?;
-        let corrupt = |reason: String| StoreError::Corrupt {
-            path: self.path.clone(),
-            seq,
-            reason,
-        };
-        let ts: i64 = row
-            .get(at + 1)
-            .map_err(sql_err(&self.path, "decoding a reading"))?;
-        let flags: i64 = row
-            .get(at + 2)
-            .map_err(sql_err(&self.path, "decoding a reading"))?;
-        let kind = ValueKind::from_code((flags >> 2) as u8)
-            .ok_or_else(|| corrupt(format!("flags {flags}")))?;
-        let quality = Quality::from_code((flags & 3) as u8)
-            .ok_or_else(|| corrupt(format!("flags {flags}")))?;
-        let raw = row
-            .get_ref(at + 3)
-            .map_err(sql_err(&self.path, "decoding a reading"))?;
-        let value = match (kind, raw) {
-            (ValueKind::Bool, ValueRef::Integer(i)) => Value::Bool(i != 0),
-            (ValueKind::I64, ValueRef::Integer(i)) => Value::I64(i),
-            (ValueKind::F64, ValueRef::Real(f)) => Value::F64(f),
-            (ValueKind::Text, ValueRef::Text(t)) => Value::Text(
-                String::from_utf8(t.to_vec()).map_err(|_| corrupt("text is not UTF-8".into()))?,
-            ),
-            (ValueKind::Bytes, ValueRef::Blob(b)) => Value::Bytes(b.to_vec()),
-            (kind, raw) => {
-                return Err(corrupt(format!(
-                    "a {:?} stored for a {} value",
-                    raw.data_type(),
-                    kind.as_str()
-                )));
-            }
-        };
-        let unit = row_str(row, at + 4, &self.path)?;
-        let source = row_str(row, at + 5, &self.path)?;
-        Ok(Reading {
-            device,
-            point,
-            ts,
-            value,
-            unit: (!unit.is_empty()).then(|| Arc::from(unit)),
-            quality,
-            seq: seq as u64,
-            source: Arc::from(source),
-        })
+/// The latest reading of every series (of `device`, if given), on
+/// `conn`: a reader's, or the writer's (a death re-stamps these).
+pub(super) fn latest(
+    conn: &Connection,
+    path: &Path,
+    device: Option<&str>,
+) -> Result<Vec<Reading>, StoreError> {
+    named_readings(conn, path, LATEST_SQL, [device], "querying latest values")
+}
+
+/// Rows of (device, point, then a reading's columns) as readings.
+fn named_readings(
+    conn: &Connection,
+    path: &Path,
+    sql: &str,
+    params: impl rusqlite::Params,
+    what: &'static str,
+) -> Result<Vec<Reading>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(sql_err(path, what))?;
+    let mut rows = stmt.query(params).map_err(sql_err(path, what))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(sql_err(path, what))? {
+        let device: Arc<str> = Arc::from(row_str(row, 0, path)?);
+        let point: Arc<str> = Arc::from(row_str(row, 1, path)?);
+        out.push(reading(path, row, 2, device, point)?);
     }
+    Ok(out)
+}
+
+/// Decodes seq, ts, flags, value, unit, source starting at column `at`.
+fn reading(
+    path: &Path,
+    row: &Row<'_>,
+    at: usize,
+    device: Arc<str>,
+    point: Arc<str>,
+) -> Result<Reading, StoreError> {
+    let err = sql_err(path, "decoding a reading");
+    let seq: i64 = row.get(at).map_err(err)?;
+    let corrupt = |reason: String| StoreError::Corrupt {
+        path: path.to_owned(),
+        seq,
+        reason,
+    };
+    let ts: i64 = row
+        .get(at + 1)
+        .map_err(sql_err(path, "decoding a reading"))?;
+    let flags: i64 = row
+        .get(at + 2)
+        .map_err(sql_err(path, "decoding a reading"))?;
+    let kind = ValueKind::from_code((flags >> 2) as u8)
+        .ok_or_else(|| corrupt(format!("flags {flags}")))?;
+    let quality =
+        Quality::from_code((flags & 3) as u8).ok_or_else(|| corrupt(format!("flags {flags}")))?;
+    let raw = row
+        .get_ref(at + 3)
+        .map_err(sql_err(path, "decoding a reading"))?;
+    let value = match (kind, raw) {
+        (ValueKind::Bool, ValueRef::Integer(i)) => Value::Bool(i != 0),
+        (ValueKind::I64, ValueRef::Integer(i)) => Value::I64(i),
+        (ValueKind::F64, ValueRef::Real(f)) => Value::F64(f),
+        (ValueKind::Text, ValueRef::Text(t)) => Value::Text(
+            String::from_utf8(t.to_vec()).map_err(|_| corrupt("text is not UTF-8".into()))?,
+        ),
+        (ValueKind::Bytes, ValueRef::Blob(b)) => Value::Bytes(b.to_vec()),
+        (kind, raw) => {
+            return Err(corrupt(format!(
+                "a {:?} stored for a {} value",
+                raw.data_type(),
+                kind.as_str()
+            )));
+        }
+    };
+    let unit = row_str(row, at + 4, path)?;
+    let source = row_str(row, at + 5, path)?;
+    Ok(Reading {
+        device,
+        point,
+        ts,
+        value,
+        unit: (!unit.is_empty()).then(|| Arc::from(unit)),
+        quality,
+        seq: seq as u64,
+        source: Arc::from(source),
+    })
 }
 
 fn row_str<'r>(row: &'r Row<'_>, i: usize, path: &Path) -> Result<&'r str, StoreError> {

@@ -1,6 +1,7 @@
 //! The one writer: it owns the write connection, assigns `seq`, commits
 //! readings in groups (by count or by a short maximum delay), keeps the
-//! `latest` table current and enforces retention.
+//! `latest` table current, turns device deaths into bad re-stamps of what
+//! it holds, and enforces retention.
 //!
 //! - this module: [`StoreWriter`], the write connection — opening,
 //!   group commits with gapless seqs, the `latest` table, the series
@@ -28,7 +29,7 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 
 use super::config::{RetentionConfig, StoreConfig};
 use super::{StoreError, schema, sql_err};
-use crate::cdm::{Reading, Value};
+use crate::cdm::{DeviceDeath, Quality, Reading, Value};
 use crate::live::LiveFeed;
 use crate::metrics::Metrics;
 
@@ -494,17 +495,112 @@ impl StoreWriter {
     }
 }
 
-/// Readings for the writer, with the notice of the driver batch they came
-/// from (and how many of its samples were dropped), if it asked for one.
+/// Readings for the writer, the devices that died after them, and the
+/// notice of the driver batch they came from (with how many of its
+/// samples were dropped), if it asked for one.
 #[derive(Debug, Default)]
 pub struct ReadingBatch {
     pub readings: Vec<Reading>,
+    pub died: Vec<DeviceDeath>,
     pub notice: Option<(CommitNotice, usize)>,
 }
 
 impl Batch for ReadingBatch {
     fn items(&self) -> usize {
-        self.readings.len()
+        self.readings.len() + self.died.len()
+    }
+}
+
+/// A death waiting in a commit being gathered: it applies after the
+/// readings before `at` in the buffer.
+#[derive(Debug)]
+pub(super) struct PendingDeath {
+    pub at: usize,
+    pub death: DeviceDeath,
+}
+
+impl StoreWriter {
+    /// Turns the deaths gathered with `buffer` into readings, in place:
+    /// after the readings before it, a death adds one bad reading per
+    /// point of its device whose latest reading — committed, or in
+    /// `buffer` before it — is not bad already: that reading's value and
+    /// unit, quality bad, at the death's time (or the latest reading's, if
+    /// later: the bad reading must be the point's latest), from the death's
+    /// source. Reads what is committed first, so on an error `buffer` and
+    /// `deaths` are unchanged and the call can be retried. Bounded by the
+    /// device's series: one reading each at most.
+    pub(super) fn resolve_deaths(
+        &mut self,
+        buffer: &mut Vec<Reading>,
+        deaths: &mut Vec<PendingDeath>,
+    ) -> Result<(), StoreError> {
+        if deaths.is_empty() {
+            return Ok(());
+        }
+        let committed = deaths
+            .iter()
+            .map(|d| super::query::latest(&self.conn, &self.path, Some(&d.death.device)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut rest = std::mem::take(buffer).into_iter();
+        let mut taken = 0;
+        for (PendingDeath { at, death }, committed) in deaths.drain(..).zip(committed) {
+            buffer.extend(rest.by_ref().take(at - taken));
+            taken = at;
+            // Point → its latest reading: the committed one, or (in
+            // arrival order, as `write_batch` decides) a newer one of
+            // this commit, by its index in `buffer`.
+            let mut latest: FxHashMap<Arc<str>, Latest> = committed
+                .into_iter()
+                .map(|r| (r.point.clone(), Latest::Committed(r)))
+                .collect();
+            for (i, r) in buffer.iter().enumerate() {
+                if *r.device != *death.device {
+                    continue;
+                }
+                let newer = latest
+                    .get(&r.point)
+                    .is_none_or(|l| r.ts >= l.reading(buffer).ts);
+                if newer {
+                    latest.insert(r.point.clone(), Latest::Pending(i));
+                }
+            }
+            let mut marks: Vec<Reading> = latest
+                .into_values()
+                .filter_map(|l| {
+                    let last = l.reading(buffer);
+                    (last.quality != Quality::Bad).then(|| Reading {
+                        device: death.device.clone(),
+                        point: last.point.clone(),
+                        ts: last.ts.max(death.at),
+                        value: last.value.clone(),
+                        unit: last.unit.clone(),
+                        quality: Quality::Bad,
+                        seq: 0,
+                        source: death.source.clone(),
+                    })
+                })
+                .collect();
+            marks.sort_unstable_by(|a, b| a.point.cmp(&b.point));
+            buffer.extend(marks);
+        }
+        buffer.extend(rest);
+        Ok(())
+    }
+}
+
+/// A point's latest reading while deaths are resolved.
+enum Latest {
+    Committed(Reading),
+    /// An index into the commit being gathered.
+    Pending(usize),
+}
+
+impl Latest {
+    fn reading<'a>(&'a self, buffer: &'a [Reading]) -> &'a Reading {
+        match self {
+            Latest::Committed(r) => r,
+            Latest::Pending(i) => &buffer[*i],
+        }
     }
 }
 

@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{ReadingBatch, StoreWriter, WriterReport};
+use super::{PendingDeath, ReadingBatch, StoreWriter, WriterReport};
 use crate::cdm::Reading;
 use crate::live::Commit;
 use crate::service::ThreadService;
@@ -110,6 +110,9 @@ impl StoreWriter {
         let mut buffer: Vec<Reading> = Vec::with_capacity(max_readings.min(65_536));
         // Drivers waiting to hear that their readings in `buffer` are stored.
         let mut notices: Vec<(CommitNotice, usize, usize)> = Vec::new();
+        // Deaths gathered with `buffer`, resolved into readings just
+        // before it is committed.
+        let mut deaths: Vec<PendingDeath> = Vec::new();
         let mut oldest: Option<Instant> = None;
         let mut closed = false;
         let mut retry_delay = Duration::from_millis(100);
@@ -122,20 +125,23 @@ impl StoreWriter {
             // is queued: commit now rather than after `max_delay`. Under
             // load, batches gather while the previous commit runs anyway.
             let waited_for = !notices.is_empty() && input.is_empty();
-            let due = !buffer.is_empty()
+            let due = !(buffer.is_empty() && deaths.is_empty())
                 && (closed
                     || waited_for
                     || buffer.len() >= max_readings
                     || oldest.is_some_and(|t| t.elapsed() >= max_delay));
             if due {
                 let started = std::time::Instant::now();
-                match self.commit(&mut buffer) {
+                let result = self
+                    .resolve_deaths(&mut buffer, &mut deaths)
+                    .and_then(|()| self.commit(&mut buffer));
+                match result {
                     Ok(()) => {
                         metrics.commit_latency.record(started.elapsed());
                         committed += buffer.len() as u64;
                         match &self.live {
                             // Hand the readings over instead of copying them.
-                            Some(live) if live.has_subscribers() => {
+                            Some(live) if live.has_subscribers() && !buffer.is_empty() => {
                                 let fresh = Vec::with_capacity(buffer.capacity());
                                 live.publish(Arc::new(Commit::new(std::mem::replace(
                                     &mut buffer,
@@ -216,7 +222,7 @@ impl StoreWriter {
                 while buffer.len() < max_readings {
                     let Some(batch) = input.try_recv() else { break };
                     oldest.get_or_insert_with(Instant::now);
-                    take(&mut buffer, &mut notices, batch);
+                    take(&mut buffer, &mut notices, &mut deaths, batch);
                 }
                 metrics.writer_pending.store(buffer.len() as u64, Relaxed);
                 heartbeat();
@@ -228,11 +234,11 @@ impl StoreWriter {
                 batch = input.recv() => match batch {
                     Some(batch) => {
                         oldest.get_or_insert_with(Instant::now);
-                        take(&mut buffer, &mut notices, batch);
+                        take(&mut buffer, &mut notices, &mut deaths, batch);
                         // Take what else is already queued, up to a commit's worth.
                         while buffer.len() < max_readings {
                             match input.try_recv() {
-                                Some(more) => take(&mut buffer, &mut notices, more),
+                                Some(more) => take(&mut buffer, &mut notices, &mut deaths, more),
                                 None => break,
                             }
                         }
@@ -254,16 +260,25 @@ impl StoreWriter {
     }
 }
 
-/// Adds a batch to the commit being gathered.
+/// Adds a batch to the commit being gathered: its readings, then its
+/// deaths, which apply after them.
 fn take(
     buffer: &mut Vec<Reading>,
     notices: &mut Vec<(CommitNotice, usize, usize)>,
+    deaths: &mut Vec<PendingDeath>,
     batch: ReadingBatch,
 ) {
     if let Some((notice, dropped)) = batch.notice {
         notices.push((notice, batch.readings.len(), dropped));
     }
     buffer.extend(batch.readings);
+    let at = buffer.len();
+    deaths.extend(
+        batch
+            .died
+            .into_iter()
+            .map(|death| PendingDeath { at, death }),
+    );
 }
 
 /// Copies the WAL back into the database on its own thread and
