@@ -58,6 +58,8 @@ def value_types_and_values(value: dict) -> tuple[str, list[str], list]:
         assert isinstance(v, bool)
         return kind, ["bool"], [v]
     if kind == "i64":
+        # A number (docs/cdm.md's vectors) or a decimal string (bundles, format 2).
+        v = int(v) if isinstance(v, str) else v
         assert isinstance(v, int) and not isinstance(v, bool)
         assert -(2**63) <= v < 2**63
         return kind, ["int64"], [v]
@@ -95,7 +97,7 @@ def encode_reading(reading: dict) -> tuple[str, bytes]:
         "uint8",
     ] + vtypes
     values = [
-        VERSION, reading["seq"], reading["ts"], QUALITY[reading["quality"]],
+        VERSION, int(reading["seq"]), int(reading["ts"]), QUALITY[reading["quality"]],
         len(device), reading["device"],
         len(point), reading["point"],
         len(unit.encode("utf-8")), unit,
@@ -135,7 +137,7 @@ def reading_struct(reading: dict) -> tuple:
     (seq, ts, quality, device, point, unit, source, kind, value)."""
     kind, value = raw_value(reading["value"])
     return (
-        reading["seq"], reading["ts"], QUALITY[reading["quality"]],
+        int(reading["seq"]), int(reading["ts"]), QUALITY[reading["quality"]],
         reading["device"], reading["point"], reading.get("unit") or "", reading["source"],
         kind, value,
     )

@@ -146,7 +146,7 @@ def verify(s: Setup, path: Path) -> tuple[int, dict]:
 def onchain_verify(s: Setup, bundle: dict) -> bool:
     """The contract's own verifyReading, by eth_call."""
     proof = [bytes.fromhex(p[2:]) for p in bundle["proof"]]
-    return s.contract.call("verifyReading", bundle["anchor"]["gateway"], bundle["batch"]["index"],
+    return s.contract.call("verifyReading", bundle["anchor"]["gateway"], int(bundle["batch"]["index"]),
                            reading_struct(bundle["reading"]), proof)
 
 
@@ -173,7 +173,7 @@ def test_readings_are_anchored_and_proofs_verify_off_and_on_chain(setup: Setup, 
         path = tmp_path / f"proof-{seq}.json"
         rc, bundle = proof_of(s, seq, path)
         assert rc == 0
-        assert bundle["reading"]["seq"] == seq and bundle["anchor"]["chain_id"] == 31337
+        assert int(bundle["reading"]["seq"]) == seq and int(bundle["anchor"]["chain_id"]) == 31337
         assert bundle["anchor"]["gateway"].lower() == s.address
         rc, report = verify(s, path)
         assert rc == 0 and report["verified"], report
@@ -187,7 +187,7 @@ def test_readings_are_anchored_and_proofs_verify_off_and_on_chain(setup: Setup, 
             if field == "quality":
                 forged["reading"]["quality"] = "uncertain"
             else:
-                forged["reading"][field] = (forged["reading"][field] + change
+                forged["reading"][field] = (str(int(forged["reading"][field]) + change)
                                         if isinstance(change, int) else change)
             bad = tmp_path / "forged.json"
             bad.write_text(json.dumps(forged))
@@ -196,7 +196,9 @@ def test_readings_are_anchored_and_proofs_verify_off_and_on_chain(setup: Setup, 
             assert not onchain_verify(s, forged)
         forged = json.loads(json.dumps(bundle))
         kind, value = next(iter(forged["reading"]["value"].items()))
-        forged["reading"]["value"] = {kind: (not value) if kind == "bool" else value + 1}
+        changed = (not value) if kind == "bool" else (
+            str(int(value) + 1) if kind == "i64" else value + 1)
+        forged["reading"]["value"] = {kind: changed}
         bad = tmp_path / "forged.json"
         bad.write_text(json.dumps(forged))
         assert verify(s, bad)[0] == 1
@@ -349,3 +351,31 @@ def test_a_stuck_transaction_is_sent_again_with_higher_fees(tmp_path, gateway_bi
         assert indexes == sorted(set(indexes)), "no batch anchored twice"
     finally:
         s.close()
+
+
+def test_the_demo_on_a_configured_chain_uses_its_state_directory_and_proves_on_chain(setup, dev_bin):
+    """Issue #15, item 13: with `--config` naming an [anchor.evm] chain and
+    a relative key file, `demo --state-dir` takes the key from that state
+    directory (as `run` does), says which chain it anchors to, and ends
+    with the proof of a reading in an anchored batch, checked on-chain."""
+    setup.authorize()
+    config = setup.config()
+    out = run_cli(
+        dev_bin, "demo", "--config", str(config), "--state-dir", str(setup.state), "--duration", "12s", timeout=120
+    )
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text
+    assert "the configuration's chain at" in out.stdout and "local hash chain only" not in out.stdout, out.stdout
+    assert setup.anchored(), "nothing was anchored"
+    proof = out.stdout[out.stdout.index("Example: biota-gateway proof"):]
+    assert "anchored         tx" in proof, proof
+    assert "--rpc" in proof and "ok   contract_verify" in proof, proof
+    assert "FAIL" not in proof, proof
+    # An error says each cause once.
+    broken = setup.tmp / "broken.toml"
+    broken.write_text(config.read_text().replace('[anchor.evm]', '[anchor.evm]\nkey_file = "nowhere.key"'))
+    failed = run_cli(dev_bin, "demo", "--config", str(broken), "--state-dir", str(setup.state), "--duration", "2s")
+    assert failed.returncode != 0
+    line = next(l for l in failed.stderr.splitlines() if l.startswith("error:"))
+    assert str(setup.state / "nowhere.key") in line, line
+    assert line.count("nowhere.key") <= 2, f"the cause is repeated: {line}"

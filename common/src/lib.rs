@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`channel`] | bounded, counted channels of batches between stages (backpressure) |
 //! | [`config`] | a section's validation errors and the [`config::Validate`] trait; `host:port` typed at load |
+//! | [`report`] | an error and its causes on one line, each once |
 //! | [`size`] | sizes (`2GiB`, `off`) in configuration |
 //! | [`telemetry`] | what a running component reports: status section and metric families |
 //! | [`thread`] | threads with a runtime of their own |
@@ -17,6 +18,7 @@
 
 pub mod channel;
 pub mod config;
+pub mod report;
 pub mod size;
 pub mod telemetry;
 pub mod thread;

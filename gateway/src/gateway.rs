@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::anchor::{AnchorStartError, Anchoring};
 use crate::api::config::DEFAULT_SSE_BUFFER;
-use crate::api::{ApiError, ApiService, Wiring};
+use crate::api::{ApiError, ApiListener, ApiService, Wiring};
 use crate::command::CommandBus;
 use crate::config::GatewayConfig;
 use crate::control::ControlServer;
@@ -141,7 +141,9 @@ impl Gateway {
             reading_rx.depth_gauge(),
         ));
         // First what can fail on the environment (a listener's port, a
-        // certificate), so that nothing else has started when it does.
+        // certificate), so that nothing else has started when it does:
+        // the API's listener (nothing runs behind it yet), then the drivers.
+        let api_listener = config.api.as_ref().map(ApiListener::bind).transpose()?;
         let drivers = config.drivers.build(&BuildContext {
             sink: sample_tx.clone(),
             shutdown: services.token(Stage::Inputs),
@@ -272,9 +274,9 @@ impl Gateway {
             api_address: None,
             control_socket: None,
         };
-        // The API is configured on purpose: if it cannot listen, the start
-        // fails (as a driver's taken port does) rather than run without it.
-        if let Some(api) = &config.api {
+        // The API is configured on purpose: its listener was bound first,
+        // so a taken port failed the start before anything ran.
+        if let (Some(api), Some(listener)) = (&config.api, api_listener) {
             let wiring = Wiring {
                 db: paths.db.clone(),
                 token_file: config.token_path(&paths.state_dir),
@@ -284,23 +286,13 @@ impl Gateway {
                 status: gateway.status.clone(),
                 live,
             };
-            let started = ApiService::new(api, wiring, gateway.services.token(Stage::Inputs))
-                .map_err(StartError::from)
-                .and_then(|api| {
-                    let address = api.address();
-                    gateway
-                        .services
-                        .start_thread(Stage::Inputs, api)
-                        .map_err(thread("the API"))?;
-                    Ok(address)
-                });
-            match started {
-                Ok(address) => gateway.api_address = Some(address),
-                Err(e) => {
-                    gateway.abort().await;
-                    return Err(e);
-                }
+            let api = ApiService::new(listener, api, wiring, gateway.services.token(Stage::Inputs));
+            let address = api.address();
+            if let Err(e) = gateway.services.start_thread(Stage::Inputs, api) {
+                gateway.abort().await;
+                return Err(thread("the API")(e));
             }
+            gateway.api_address = Some(address);
         }
         // Without the socket the gateway still collects data; only the
         // command line's writes and status are unavailable.

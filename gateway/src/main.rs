@@ -164,7 +164,7 @@ fn exit(result: anyhow::Result<ExitCode>) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", biota_common::report::chain(e.as_ref()));
             let code = match e.downcast_ref::<cli::Failure>() {
                 Some(cli::Failure::Config(_)) => EXIT_CONFIG,
                 Some(cli::Failure::Store(_)) => EXIT_STORE,

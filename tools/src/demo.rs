@@ -15,12 +15,15 @@ use biota_devkit::modbus_plc::SimulatedPlc;
 use biota_devkit::{coap_sensor, mqtt_devices};
 use biota_drivers::modbus::config::TcpConnectionConfig;
 use biota_drivers::stats::DeviceState;
+use biota_gateway::anchor::config::AnchorBackend;
+use biota_gateway::api::ApiError;
 use biota_gateway::api::auth::{self, Scope};
 use biota_gateway::config::GatewayConfig;
 use biota_gateway::control::{self, client};
 use biota_gateway::export::{
     BUCKET_COLUMNS, READING_COLUMNS, bucket_cells, reading_cells, write_table,
 };
+use biota_gateway::gateway::StartError;
 use biota_gateway::store::StoreReader;
 use biota_gateway::systemd::{status_line, stop_on_signal};
 use biota_gateway::{Gateway, Paths, Reading, metrics::Metrics};
@@ -57,7 +60,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let plc = connect_simulated_plc(&mut config)?;
     let mqtt = free_mqtt_port(&mut config)?;
     let coap = free_coap_port(&mut config)?;
-    free_api_port(&mut config)?;
     let temp;
     let dir = match &args.state_dir {
         Some(dir) => dir.clone(),
@@ -67,7 +69,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let db = config.db_path(&dir);
-    let chain = match super::demo_chain::find_anvil() {
+    // A relative anchoring key is the state directory's, as under `run`.
+    config.resolve_key_file(&dir);
+    let configured_chain = config
+        .anchor
+        .evm
+        .as_ref()
+        .filter(|_| config.anchor.backend == AnchorBackend::Evm)
+        .map(|evm| (evm.rpc.to_string(), evm.contract.to_string()));
+    let chain = match super::demo_chain::find_anvil().filter(|_| configured_chain.is_none()) {
         Some(anvil) => Some(
             super::demo_chain::start(&anvil, &dir, &mut config)
                 .await
@@ -96,12 +106,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             "  CoAP             server at udp {server}: sensor coap-1 posts confirmable SenML packs"
         );
     }
-    match &chain {
-        Some(c) => println!(
+    match (&chain, &configured_chain) {
+        (Some(c), _) => println!(
             "  anchoring        local chain (anvil) at {}, contract {}: batches every 2 s",
             c.rpc, c.contract
         ),
-        None => println!(
+        (None, Some((rpc, contract))) => {
+            println!("  anchoring        the configuration's chain at {rpc}, contract {contract}")
+        }
+        (None, None) => println!(
             "  anchoring        local hash chain only; for on-chain anchors install anvil \
              (`cd hil-tests && npm ci`, or set BIOTA_ANVIL_BIN) or configure [anchor.evm]"
         ),
@@ -119,9 +132,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         state_dir: dir.clone(),
         control_socket: Some(control::socket_path(&dir)),
     };
-    let gateway = Gateway::start(&config, &paths, shutdown.clone())
-        .await
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let gateway = match Gateway::start(&config, &paths, shutdown.clone()).await {
+        // The API's port is taken by something else (its listener is bound
+        // before anything starts): take any free one, the banner says which.
+        Err(StartError::Api(ApiError::Listen { address, .. })) => {
+            if let Some(api) = &mut config.api {
+                api.listen.set_port(0);
+            }
+            println!(
+                "  (port {} is taken; the API takes a free one)",
+                address.port()
+            );
+            Gateway::start(&config, &paths, shutdown.clone()).await?
+        }
+        started => started?,
+    };
     if let Some(api) = gateway.api_address() {
         let token = auth::create(
             &config.token_path(&dir),
@@ -256,7 +281,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let rows: Vec<Vec<String>> = buckets.iter().map(|b| bucket_cells(b).to_vec()).collect();
     write_table(&mut out, &BUCKET_COLUMNS, &rows)?;
     drop(out);
-    super::demo_chain::show_proof(&db, chain.as_ref().map(|c| c.rpc.as_str())).await?;
+    let rpc = chain
+        .as_ref()
+        .map(|c| c.rpc.clone())
+        .or_else(|| configured_chain.map(|(rpc, _)| rpc));
+    super::demo_chain::show_proof(&db, rpc.as_deref()).await?;
     drop(chain);
     let mut out = std::io::stdout().lock();
     if args.state_dir.is_some() {
@@ -310,18 +339,6 @@ fn devices_in(dir: &Path) {
         Ok(answer) => print!("{}", client::devices_report(&answer)),
         Err(e) => eprintln!("  error: {e}"),
     }
-}
-
-/// Keeps the API's configured port if it is free, else takes a free one,
-/// so a second demo (or anything on 8080) does not stop this one.
-fn free_api_port(config: &mut GatewayConfig) -> anyhow::Result<()> {
-    let Some(api) = &mut config.api else {
-        return Ok(());
-    };
-    if std::net::TcpListener::bind(api.listen).is_err() {
-        api.listen.set_port(0);
-    }
-    Ok(())
 }
 
 /// Moves the CoAP server (if configured) to a free local UDP port.

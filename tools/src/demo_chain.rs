@@ -120,11 +120,16 @@ pub async fn show_proof(db: &Path, rpc: Option<&str>) -> anyhow::Result<()> {
     let (sealed, anchored) = batches.counts()?;
     println!("\nAnchoring");
     println!("  batches          {sealed} sealed, {anchored} anchored on-chain");
+    // With a chain, a batch anchored on it: its proof checks on-chain too.
     let Some(batch) = batches
         .newest(u64::MAX, 64)?
         .into_iter()
         .find(|b| rpc.is_none() || b.anchor.is_some())
     else {
+        println!(
+            "  (no batch is anchored yet to show a proof checked on-chain; run the demo longer, \
+             e.g. --duration 1m)"
+        );
         return Ok(());
     };
     let seq = (batch.first_seq + batch.last_seq) / 2;

@@ -11,20 +11,29 @@ use alloy::hex;
 use crate::cdm::Reading;
 use crate::store::{StoreError, StoreReader};
 
-/// The bundle's format tag.
-pub const FORMAT: &str = "biota-proof/1";
+/// The bundle's format tag. Format 2 writes every integer as a decimal
+/// string: a timestamp in nanoseconds (about 1.8e18) and any integer
+/// above 2^53 are rounded by a reader that parses JSON numbers into
+/// doubles (JavaScript's `JSON.parse`), and a verifier must recompute the
+/// encoding from the exact values.
+pub const FORMAT: &str = "biota-proof/2";
+/// Format 1 (integers as JSON numbers), still read.
+pub const FORMAT_V1: &str = "biota-proof/1";
 
 /// A self-contained proof of one reading (see `docs/anchoring.md`).
+/// Integers are written as strings and read as strings or numbers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProofBundle {
     pub format: String,
     /// The reading, values tagged with their kind as in `docs/cdm.md`.
+    #[serde(with = "exact::reading")]
     pub reading: Reading,
     /// Its canonical encoding (`0x…`).
     pub encoding: String,
     /// keccak256(0x00 ‖ encoding).
     pub leaf: String,
     /// The leaf's position in the batch (`seq − first_seq`).
+    #[serde(with = "exact::int")]
     pub position: u64,
     /// Sibling hashes from the bottom up.
     pub proof: Vec<String>,
@@ -35,25 +44,153 @@ pub struct ProofBundle {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BundleBatch {
+    #[serde(with = "exact::int")]
     pub index: u64,
+    #[serde(with = "exact::int")]
     pub first_seq: u64,
+    #[serde(with = "exact::int")]
     pub last_seq: u64,
+    #[serde(with = "exact::int")]
     pub count: u64,
     pub root: String,
     pub prev_hash: String,
     pub hash: String,
+    #[serde(with = "exact::int")]
     pub sealed_at: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BundleAnchor {
+    #[serde(with = "exact::int")]
     pub chain_id: u64,
     pub contract: String,
     /// The account that anchored the batch (the contract keys batches by it).
     pub gateway: String,
     pub tx_hash: String,
+    #[serde(with = "exact::int")]
     pub block_number: u64,
     pub block_hash: String,
+}
+
+/// Integers as decimal strings, read from strings or numbers (format 1).
+mod exact {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::de::{self, Deserializer, Visitor};
+    use serde::{Deserialize, Serialize, Serializer};
+
+    pub mod int {
+        use super::*;
+
+        pub fn serialize<T: Display, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_str(value)
+        }
+
+        pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+        where
+            T: FromStr + TryFrom<u64> + TryFrom<i64>,
+            D: Deserializer<'de>,
+        {
+            struct Exact<T>(std::marker::PhantomData<T>);
+            impl<T: FromStr + TryFrom<u64> + TryFrom<i64>> Visitor<'_> for Exact<T> {
+                type Value = T;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("an integer, as a decimal string or a number")
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+                    v.parse()
+                        .map_err(|_| E::custom(format!("`{v}` is not an integer in range")))
+                }
+                fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+                    T::try_from(v).map_err(|_| E::custom(format!("{v} is out of range")))
+                }
+                fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+                    T::try_from(v).map_err(|_| E::custom(format!("{v} is out of range")))
+                }
+            }
+            d.deserialize_any(Exact(std::marker::PhantomData))
+        }
+    }
+
+    /// A reading as `cdm::Reading` writes it, with `ts`, `seq` and an
+    /// `i64` value as strings.
+    pub mod reading {
+        use std::sync::Arc;
+
+        use super::*;
+        use crate::cdm::{Quality, Reading, Value};
+
+        #[derive(Serialize, Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        enum ExactValue {
+            Bool(bool),
+            I64(#[serde(with = "int")] i64),
+            F64(f64),
+            Text(String),
+            Bytes(String),
+        }
+
+        #[derive(Serialize, Deserialize)]
+        struct ExactReading {
+            device: String,
+            point: String,
+            #[serde(with = "int")]
+            ts: i64,
+            value: ExactValue,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            unit: Option<String>,
+            quality: Quality,
+            #[serde(with = "int")]
+            seq: u64,
+            source: String,
+        }
+
+        pub fn serialize<S: Serializer>(r: &Reading, s: S) -> Result<S::Ok, S::Error> {
+            let value = match &r.value {
+                Value::Bool(b) => ExactValue::Bool(*b),
+                Value::I64(i) => ExactValue::I64(*i),
+                Value::F64(f) => ExactValue::F64(*f),
+                Value::Text(t) => ExactValue::Text(t.clone()),
+                Value::Bytes(b) => ExactValue::Bytes(alloy::hex::encode_prefixed(b)),
+            };
+            ExactReading {
+                device: r.device.to_string(),
+                point: r.point.to_string(),
+                ts: r.ts,
+                value,
+                unit: r.unit.as_deref().map(str::to_owned),
+                quality: r.quality,
+                seq: r.seq,
+                source: r.source.to_string(),
+            }
+            .serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Reading, D::Error> {
+            let r = ExactReading::deserialize(d)?;
+            let value = match r.value {
+                ExactValue::Bool(b) => Value::Bool(b),
+                ExactValue::I64(i) => Value::I64(i),
+                ExactValue::F64(f) => Value::F64(f),
+                ExactValue::Text(t) => Value::Text(t),
+                ExactValue::Bytes(h) => Value::Bytes(
+                    alloy::hex::decode(&h)
+                        .map_err(|_| de::Error::custom(format!("`{h}` is not hex")))?,
+                ),
+            };
+            Ok(Reading {
+                device: Arc::from(r.device),
+                point: Arc::from(r.point),
+                ts: r.ts,
+                value,
+                unit: r.unit.map(Arc::from),
+                quality: r.quality,
+                seq: r.seq,
+                source: Arc::from(r.source),
+            })
+        }
+    }
 }
 
 fn h(b: &[u8]) -> String {
@@ -189,8 +326,11 @@ pub fn check_offline(b: &ProofBundle) -> Vec<Check> {
     let mut check = |name, ok, detail: String| checks.push(Check { name, ok, detail });
     check(
         "format",
-        b.format == FORMAT,
-        format!("`{}` (this verifier reads {FORMAT})", b.format),
+        b.format == FORMAT || b.format == FORMAT_V1,
+        format!(
+            "`{}` (this verifier reads {FORMAT} and {FORMAT_V1})",
+            b.format
+        ),
     );
     let valid = b.reading.validate();
     check(
@@ -272,4 +412,75 @@ pub fn check_offline(b: &ProofBundle) -> Vec<Check> {
         },
     );
     checks
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::cdm::{Quality, Value};
+
+    fn bundle(value: Value) -> ProofBundle {
+        let reading = Reading {
+            device: Arc::from("d"),
+            point: Arc::from("p"),
+            ts: 1_795_000_000_123_456_789,
+            value,
+            unit: None,
+            quality: Quality::Good,
+            seq: (1 << 53) + 1,
+            source: Arc::from("sim://d"),
+        };
+        ProofBundle {
+            format: FORMAT.into(),
+            encoding: h(&reading.encode()),
+            leaf: h(&reading.leaf_hash()),
+            reading,
+            position: 0,
+            proof: Vec::new(),
+            batch: BundleBatch {
+                index: 1,
+                first_seq: (1 << 53) + 1,
+                last_seq: (1 << 53) + 1,
+                count: 1,
+                root: String::new(),
+                prev_hash: String::new(),
+                hash: String::new(),
+                sealed_at: 1_795_000_000_999_999_999,
+            },
+            anchor: None,
+        }
+    }
+
+    #[test]
+    fn every_integer_is_a_string_and_format_one_still_reads() {
+        for value in [
+            Value::I64(i64::MIN),
+            Value::I64((1 << 53) + 1),
+            Value::F64(0.1),
+            Value::Bytes(vec![0, 255]),
+            Value::Bool(true),
+        ] {
+            let b = bundle(value);
+            let text = serde_json::to_string(&b).expect("encode");
+            let json: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+            assert_eq!(json["reading"]["ts"], "1795000000123456789", "{text}");
+            assert_eq!(json["reading"]["seq"], "9007199254740993");
+            assert_eq!(json["batch"]["sealed_at"], "1795000000999999999");
+            if let Value::I64(i) = b.reading.value {
+                assert_eq!(json["reading"]["value"]["i64"], i.to_string());
+            }
+            let back: ProofBundle = serde_json::from_str(&text).expect("decode");
+            assert_eq!(back.reading, b.reading);
+            assert_eq!(back.batch, b.batch);
+            // Format 1 wrote the same integers as numbers.
+            let old = text
+                .replace("\"1795000000123456789\"", "1795000000123456789")
+                .replace("\"9007199254740993\"", "9007199254740993")
+                .replace(FORMAT, FORMAT_V1);
+            let old: ProofBundle = serde_json::from_str(&old).expect("format 1 reads");
+            assert_eq!(old.reading, b.reading);
+        }
+    }
 }

@@ -195,16 +195,19 @@ pub struct ApiService {
     state: Arc<ApiState>,
 }
 
-impl ApiService {
-    /// Reads the TLS files and binds the listener, so a bad certificate or
-    /// a taken port is an error here, before the gateway is ready.
-    /// `shutdown` is the token the service will run with: requests see
-    /// it (`/v1/ready` turns 503, streams end).
-    pub fn new(
-        api: &ApiConfig,
-        wiring: Wiring,
-        shutdown: CancellationToken,
-    ) -> Result<Self, ApiError> {
+/// The API's listener, bound, with its TLS configuration: the part of the
+/// API that can fail on the environment, done before anything starts.
+pub struct ApiListener {
+    listener: std::net::TcpListener,
+    address: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl ApiListener {
+    /// Reads the TLS files and binds `api.listen`, so a bad certificate or
+    /// a taken port is an error here, before the gateway has started
+    /// anything.
+    pub fn bind(api: &ApiConfig) -> Result<Self, ApiError> {
         let tls = match &api.tls {
             Some(t) => Some(Arc::new(biota_common::tls::server_config(
                 &t.cert,
@@ -224,11 +227,33 @@ impl ApiService {
             listener,
             address,
             tls,
-            state: Arc::new(ApiState::new(api.clone(), wiring, shutdown)),
         })
     }
 
     /// The address it listens on (the port, when `listen` asked for 0).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+}
+
+impl ApiService {
+    /// The API on `listener`. `shutdown` is the token the service will run
+    /// with: requests see it (`/v1/ready` turns 503, streams end).
+    pub fn new(
+        listener: ApiListener,
+        api: &ApiConfig,
+        wiring: Wiring,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            listener: listener.listener,
+            address: listener.address,
+            tls: listener.tls,
+            state: Arc::new(ApiState::new(api.clone(), wiring, shutdown)),
+        }
+    }
+
+    /// The address it listens on.
     pub fn address(&self) -> SocketAddr {
         self.address
     }
