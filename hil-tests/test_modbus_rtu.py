@@ -155,6 +155,9 @@ commit_max_delay = "20ms"
 [[drivers.modbus.rtu]]
 path = "{gateway_end}"
 baud = {BAUD}
+# 8N1 like pymodbus: this kernel's ptys refuse even parity (the default),
+# and the gateway does not poll over a port that refused a setting.
+parity = "none"
 timeout = "300ms"
 devices = [{{ id = "plc-rtu", unit = 5, map = "plc" }}]
 """ + plc_map(points, "200ms")

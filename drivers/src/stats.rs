@@ -34,8 +34,12 @@ pub struct DeviceStats {
     pub crc_errors: AtomicU64,
     /// Exception responses (illegal address, device busy, ...).
     pub exceptions: AtomicU64,
-    /// Other link failures (connection lost, mismatched answers).
+    /// Other link failures (connection lost, mismatched answers, frames
+    /// from another slave while this one was asked).
     pub link_errors: AtomicU64,
+    /// Answers that came after their request had timed out, discarded
+    /// (serial lines).
+    pub late_answers: AtomicU64,
     /// Writes carried out / refused or failed.
     pub writes: AtomicU64,
     pub write_errors: AtomicU64,
@@ -55,6 +59,7 @@ pub struct DeviceStatsSnapshot {
     pub crc_errors: u64,
     pub exceptions: u64,
     pub link_errors: u64,
+    pub late_answers: u64,
     pub writes: u64,
     pub write_errors: u64,
     /// Mean round trip of answered transactions, in µs.
@@ -73,6 +78,7 @@ impl DeviceStats {
             crc_errors: AtomicU64::new(0),
             exceptions: AtomicU64::new(0),
             link_errors: AtomicU64::new(0),
+            late_answers: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
             latency_us_total: AtomicU64::new(0),
@@ -103,6 +109,7 @@ impl DeviceStats {
             crc_errors: self.crc_errors.load(Relaxed),
             exceptions: self.exceptions.load(Relaxed),
             link_errors: self.link_errors.load(Relaxed),
+            late_answers: self.late_answers.load(Relaxed),
             writes: self.writes.load(Relaxed),
             write_errors: self.write_errors.load(Relaxed),
             latency_us: self

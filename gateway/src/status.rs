@@ -168,7 +168,7 @@ fn device_metrics(devices: &[Arc<DeviceStats>], out: &mut MetricSet) {
         let up = u64::from(matches!(d.state, DeviceState::Online));
         online.sample(&[("device", &d.device)], up);
     }
-    let counters: [(&str, &str, Field); 6] = [
+    let counters: [(&str, &str, Field); 7] = [
         ("requests", "Poll requests sent.", |d| d.requests),
         ("timeouts", "Polls without an answer in time.", |d| {
             d.timeouts
@@ -178,6 +178,11 @@ fn device_metrics(devices: &[Arc<DeviceStats>], out: &mut MetricSet) {
         ("link_errors", "Connection or line errors.", |d| {
             d.link_errors
         }),
+        (
+            "late_answers",
+            "Answers that came after their timeout, discarded.",
+            |d| d.late_answers,
+        ),
         ("write_errors", "Failed writes.", |d| d.write_errors),
     ];
     for (field, help, get) in counters {

@@ -18,6 +18,8 @@ use super::plan::{Area, MAX_READ_REGISTERS};
 
 /// Registers one "write multiple registers" (16) request carries.
 pub const MAX_WRITE_REGISTERS: u16 = 123;
+/// Most extra attempts of an RTU request: each costs up to two timeouts.
+const MAX_RETRIES: u8 = 10;
 use biota_common::time::serde_duration;
 use biota_common::config::{ConfigError, HostPort, Parsed, Validate};
 
@@ -84,6 +86,12 @@ pub struct RtuBusConfig {
     /// Default: `0ms` (the 3.5-character silence always applies).
     #[serde(default, with = "serde_duration")]
     pub turnaround_delay: Duration,
+    /// Extra attempts of a request that got no valid answer (a timeout or
+    /// a garbled answer) before a slave that answered so far is reported
+    /// offline; a slave already offline is asked once per `backoff`.
+    /// 0..=10. Default: 1.
+    #[serde(default = "default_retries")]
+    pub retries: u8,
     /// How long a slave that timed out is skipped. Default: `5s`.
     #[serde(default = "default_backoff", with = "serde_duration")]
     pub backoff: Duration,
@@ -212,6 +220,9 @@ fn default_stop_bits() -> u8 {
 fn default_rtu_timeout() -> Duration {
     Duration::from_millis(200)
 }
+fn default_retries() -> u8 {
+    1
+}
 fn default_backoff() -> Duration {
     Duration::from_secs(5)
 }
@@ -323,6 +334,12 @@ impl Validate for ModbusConfig {
             }
             if bus.timeout < Duration::from_millis(1) {
                 err(format!("{bpath}.timeout"), "must be at least 1ms".into());
+            }
+            if bus.retries > MAX_RETRIES {
+                err(
+                    format!("{bpath}.retries"),
+                    format!("must be 0..={MAX_RETRIES}, got {}", bus.retries),
+                );
             }
             unit_check(&bpath, &bus.devices, true, &mut err);
         }
@@ -559,6 +576,7 @@ points = [{ name = "serial", area = "input_register", address = 100, type = "str
 [[rtu]]
 path = "/dev/ttyS0"
 stop_bits = 3
+retries = 11
 devices = [{ id = "a", unit = 0, map = "m" }, { id = "b", unit = 5, map = "nope" }, { id = "c", unit = 5, map = "m" }]
 
 [maps.m]
@@ -593,6 +611,7 @@ points = [
                 "modbus.maps.m.groups[0].points[8].name",
                 "modbus.maps.m.groups[0].points[9].length",
                 "modbus.rtu[0].stop_bits",
+                "modbus.rtu[0].retries",
                 "modbus.rtu[0].devices[0].unit",
                 "modbus.rtu[0].devices[1].map",
                 "modbus.rtu[0].devices[2].unit",

@@ -3,18 +3,22 @@
 //!
 //! - [`config`]: connections, buses, devices, register maps, validation.
 //! - [`codec`]: registers ⇄ typed values.
-//! - [`plan`]: coalescing reads, splitting rejected ones.
-//! - `poll`: polling one device (reads, splits, decoding, quality).
-//! - `tcp`: one task per TCP connection; `rtu`: one task per serial bus.
+//! - [`plan`]: coalescing reads, splitting rejected ones, planning again
+//!   around the holes the rejections proved.
+//! - `pdu`: the requests and answers, whatever the link.
+//! - `poll`: polling one device (reads, splits, retries, decoding, quality).
+//! - `tcp`: one task per TCP connection; [`rtu`]: one task per serial bus,
+//!   with its own RTU master ([`rtu::frame`]: framing and CRC).
 //!
 //! Writes arrive on each link's command queue ([`crate::command`]) and run
 //! between polls, so a bus never sees two transactions at once.
 
 pub mod codec;
 pub mod config;
+mod pdu;
 pub mod plan;
 mod poll;
-mod rtu;
+pub mod rtu;
 mod tcp;
 
 pub use config::ModbusConfig;

@@ -1,13 +1,24 @@
 //! Coalesced reads: the points of a poll group merged into as few Modbus
 //! requests as the protocol allows (125 registers or 2000 bits per
-//! request), bridging unused gaps up to a configured size; and the split
-//! of a merged request that a device rejects with "illegal data address".
+//! request), bridging unused gaps up to a configured size; and what to do
+//! when a device rejects a merged read with "illegal data address".
 //!
 //! Points are sorted by address and merged greedily: each request takes
-//! the next point while the request's span stays within the limit and the
-//! unused gap before the point stays within `max_gap`. For contiguous runs
-//! of sorted points this is the minimum number of requests (the tests
-//! check it against an exhaustive search).
+//! the next point while the request's span stays within the limit, the
+//! unused gap before the point stays within `max_gap`, and the request
+//! spans no [`Break`]. For contiguous runs of sorted points this is the
+//! minimum number of requests (the tests check it against an exhaustive
+//! search).
+//!
+//! A rejected request is split in two and each half tried ([`Probe`]).
+//! When both halves of a rejected request are answered, the unread range
+//! between them must hold the hole: it becomes a [`Break`] no request may
+//! span. A single point the device rejects is dropped, and its addresses
+//! become a break too. Every rejection thus proves a new break, so after
+//! each poll that learnt one the plan is made again from the points and
+//! the breaks, and it settles on the fewest requests that avoid the
+//! device's holes (only proven holes constrain it, and a request that
+//! spans none is never rejected).
 
 use serde::Deserialize;
 
@@ -122,9 +133,37 @@ impl ReadRequest {
     }
 }
 
+/// A range of addresses, `start..end` in an area, that no request may
+/// span: it holds addresses the device rejects. An empty range (`start ==
+/// end`) forbids a request holding both `start - 1` and `start`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Break {
+    pub area: Area,
+    pub start: u32,
+    pub end: u32,
+}
+
+impl Break {
+    /// Whether a request reading `start..end` of `area` spans this break.
+    fn splits(&self, area: Area, start: u32, end: u32) -> bool {
+        self.area == area && start < self.end && self.start < end
+    }
+}
+
 /// The requests that read all `spans`, fewest first.
 pub fn coalesce(spans: &[Span], limits: &Limits) -> Vec<ReadRequest> {
-    let mut order: Vec<usize> = (0..spans.len()).collect();
+    plan(spans, 0..spans.len(), limits, &[])
+}
+
+/// The fewest requests that read the points `points` (indexes into
+/// `spans`) without spanning any of `breaks`.
+pub fn plan(
+    spans: &[Span],
+    points: impl IntoIterator<Item = usize>,
+    limits: &Limits,
+    breaks: &[Break],
+) -> Vec<ReadRequest> {
+    let mut order: Vec<usize> = points.into_iter().collect();
     order.sort_by_key(|&i| {
         (
             spans[i].area,
@@ -141,6 +180,9 @@ pub fn coalesce(spans: &[Span], limits: &Limits) -> Vec<ReadRequest> {
             && *area == span.area
             && u32::from(span.address) <= *end + max_gap
             && (*end).max(span.end()) - *start <= max_len
+            && !breaks
+                .iter()
+                .any(|b| b.splits(span.area, *start, (*end).max(span.end())))
         {
             *end = (*end).max(span.end());
             points.push(i);
@@ -192,6 +234,93 @@ pub fn split(request: &ReadRequest, spans: &[Span]) -> Split {
     )
 }
 
+/// One request of a poll: one of the plan's, or a half of a rejected one.
+#[derive(Debug, Clone)]
+pub struct Attempt<'a> {
+    pub request: std::borrow::Cow<'a, ReadRequest>,
+    /// The rejected request this is a half of: (its node, which half).
+    parent: Option<(usize, usize)>,
+}
+
+impl<'a> Attempt<'a> {
+    /// A request of the plan.
+    pub fn planned(request: &'a ReadRequest) -> Self {
+        Self {
+            request: std::borrow::Cow::Borrowed(request),
+            parent: None,
+        }
+    }
+}
+
+/// What one poll learns from the device's rejections.
+#[derive(Debug, Default)]
+pub struct Probe {
+    /// Per rejected request split in two: the range between its halves,
+    /// and whether each half was answered.
+    split: Vec<(Break, [bool; 2])>,
+    /// Points the device rejects on their own.
+    dropped: Vec<usize>,
+    breaks: Vec<Break>,
+}
+
+impl Probe {
+    /// The device answered `attempt`.
+    pub fn answered(&mut self, attempt: &Attempt<'_>) {
+        if let Some((node, half)) = attempt.parent {
+            self.split[node].1[half] = true;
+        }
+    }
+
+    /// The device rejected `attempt` with "illegal data address": the two
+    /// halves to try instead (right half first, for a stack), or `None`
+    /// when it read a single point, which is dropped.
+    pub fn rejected(
+        &mut self,
+        attempt: &Attempt<'_>,
+        spans: &[Span],
+    ) -> Option<[Attempt<'static>; 2]> {
+        let request = &attempt.request;
+        match split(request, spans) {
+            Split::Halves(left, right) => {
+                let node = self.split.len();
+                // Halves of points that share registers may overlap: then
+                // nothing lies between them but their boundary.
+                let left_end = u32::from(left.start) + u32::from(left.count);
+                let between = Break {
+                    area: request.area,
+                    start: left_end.min(u32::from(right.start)),
+                    end: u32::from(right.start),
+                };
+                self.split.push((between, [false; 2]));
+                let half = |request, half| Attempt {
+                    request: std::borrow::Cow::Owned(request),
+                    parent: Some((node, half)),
+                };
+                Some([half(right, 1), half(left, 0)])
+            }
+            Split::Unreadable(p) => {
+                if let Some(span) = spans.get(p) {
+                    self.dropped.push(p);
+                    self.breaks.push(Break {
+                        area: span.area,
+                        start: u32::from(span.address),
+                        end: span.end(),
+                    });
+                }
+                None
+            }
+        }
+    }
+
+    /// What was proven: the breaks between halves that were both answered
+    /// (and around dropped points), and the dropped points.
+    pub fn learnt(mut self) -> (Vec<Break>, Vec<usize>) {
+        let proven = self.split.iter().filter(|(_, halves)| halves == &[true; 2]);
+        self.breaks.extend(proven.map(|(between, _)| *between));
+        (self.breaks, self.dropped)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,6 +338,11 @@ mod tests {
     /// The fewest requests by exhaustive search over contiguous runs of
     /// address-sorted points (dynamic programming).
     fn minimum(spans: &[Span], limits: &Limits) -> usize {
+        minimum_around(spans, limits, &[])
+    }
+
+    /// The same, for requests that must not read any of `holes`.
+    fn minimum_around(spans: &[Span], limits: &Limits, holes: &[(Area, u16)]) -> usize {
         let mut sorted = spans.to_vec();
         sorted.sort_by_key(|s| (s.area, s.address, std::cmp::Reverse(s.width)));
         let n = sorted.len();
@@ -230,7 +364,11 @@ mod tests {
                     }
                     end = end.max(s.end());
                 }
-                if ok && end - start <= max_len {
+                let area = run[0].area;
+                let reads_a_hole = holes
+                    .iter()
+                    .any(|&(a, h)| a == area && start <= u32::from(h) && u32::from(h) < end);
+                if ok && end - start <= max_len && !reads_a_hole {
                     best[i] = best[i].min(best[j] + 1);
                 }
             }
@@ -349,15 +487,19 @@ mod tests {
         assert_eq!(requests.len(), 4);
     }
 
-    #[test]
-    fn random_maps_get_the_minimum_number_of_requests() {
-        let mut seed = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = |n: u64| {
+    /// A seeded xorshift draw in `0..n`: the same "random" maps every run.
+    fn draws(mut seed: u64) -> impl FnMut(u64) -> u64 {
+        move |n| {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
             seed % n
-        };
+        }
+    }
+
+    #[test]
+    fn random_maps_get_the_minimum_number_of_requests() {
+        let mut next = draws(0x2545_F491_4F6C_DD1D);
         for _ in 0..300 {
             let areas = [Area::HoldingRegister, Area::InputRegister, Area::Coil];
             let mut spans = Vec::new();
@@ -381,6 +523,159 @@ mod tests {
                 max_bits: 2000,
             };
             check(&spans, &limits);
+        }
+    }
+
+    /// Polls a device that rejects every read of an address in `holes`
+    /// until the plan settles (a poll without rejections): the settled
+    /// plan, the points dropped, and how many polls it took.
+    fn settle(
+        spans: &[Span],
+        limits: &Limits,
+        holes: &[(Area, u16)],
+    ) -> (Vec<ReadRequest>, Vec<usize>, usize) {
+        let rejects = |r: &ReadRequest| {
+            holes.iter().any(|&(a, h)| {
+                a == r.area && r.start <= h && u32::from(h) < u32::from(r.start) + u32::from(r.count)
+            })
+        };
+        let mut breaks = Vec::new();
+        let mut dropped = Vec::new();
+        for polls in 1..=2 * spans.len() + 2 {
+            let live = (0..spans.len()).filter(|p| !dropped.contains(p));
+            let plan = plan(spans, live, limits, &breaks);
+            let mut probe = Probe::default();
+            let mut rejected = false;
+            for request in &plan {
+                let mut attempts = vec![Attempt::planned(request)];
+                while let Some(attempt) = attempts.pop() {
+                    if rejects(&attempt.request) {
+                        rejected = true;
+                        attempts.extend(probe.rejected(&attempt, spans).into_iter().flatten());
+                    } else {
+                        probe.answered(&attempt);
+                    }
+                }
+            }
+            if !rejected {
+                return (plan, dropped, polls);
+            }
+            let (learnt, lost) = probe.learnt();
+            assert!(
+                !learnt.is_empty() || !lost.is_empty(),
+                "a poll with a rejection learnt nothing: {plan:?}"
+            );
+            breaks.extend(learnt);
+            dropped.extend(lost);
+        }
+        panic!("the plan did not settle: {spans:?} holes {holes:?}");
+    }
+
+    #[test]
+    fn after_a_rejection_the_plan_settles_on_the_minimum() {
+        // The map of the issue: u16 points at 0, 2, ..., 12; 19, ..., 83,
+        // 84; 88, ..., 94. Registers 85..=87 do not exist; 13..=18 do.
+        let addresses: Vec<u16> = (0..13)
+            .step_by(2)
+            .chain((19..84).step_by(2))
+            .chain([84])
+            .chain((88..95).step_by(2))
+            .collect();
+        let spans = regs(&addresses.iter().map(|&a| (a, 1)).collect::<Vec<_>>());
+        let limits = Limits::default();
+        let first = coalesce(&spans, &limits);
+        assert_eq!(first.len(), 1, "one read of 0..=94 at first");
+        let holes: Vec<(Area, u16)> = (85..88).map(|a| (Area::HoldingRegister, a)).collect();
+        let (settled, dropped, polls) = settle(&spans, &limits, &holes);
+        let layout: Vec<(u16, u16)> = settled.iter().map(|r| (r.start, r.count)).collect();
+        assert_eq!(layout, [(0, 85), (88, 7)], "settled after {polls} polls");
+        assert!(dropped.is_empty());
+        assert_eq!(polls, 2, "the first poll proves the hole");
+    }
+
+    #[test]
+    fn two_holes_are_each_proven_and_avoided() {
+        let spans = regs(&[(0, 2), (4, 2), (10, 2), (14, 2), (20, 2)]);
+        let limits = Limits::default();
+        let holes = [(Area::HoldingRegister, 7), (Area::HoldingRegister, 17)];
+        let (settled, dropped, _) = settle(&spans, &limits, &holes);
+        let layout: Vec<(u16, u16)> = settled.iter().map(|r| (r.start, r.count)).collect();
+        assert_eq!(layout, [(0, 6), (10, 6), (20, 2)]);
+        assert!(dropped.is_empty());
+    }
+
+    #[test]
+    fn a_point_the_device_rejects_is_dropped_and_its_neighbours_still_merge_around_it() {
+        let spans = regs(&[(0, 1), (1, 1), (2, 1), (3, 1)]);
+        let (settled, dropped, _) =
+            settle(&spans, &Limits::default(), &[(Area::HoldingRegister, 2)]);
+        assert_eq!(dropped, [2]);
+        let layout: Vec<(u16, u16)> = settled.iter().map(|r| (r.start, r.count)).collect();
+        assert_eq!(layout, [(0, 2), (3, 1)]);
+    }
+
+    #[test]
+    fn random_maps_with_holes_settle_on_the_minimum_that_avoids_them() {
+        let mut next = draws(0x9E37_79B9_7F4A_7C15);
+        for _ in 0..300 {
+            let areas = [Area::HoldingRegister, Area::InputRegister, Area::Coil];
+            let mut spans: Vec<Span> = Vec::new();
+            for _ in 0..(1 + next(25)) {
+                let area = areas[next(3) as usize];
+                let width = if area.is_bits() {
+                    1
+                } else {
+                    [1, 2, 4][next(3) as usize] as u16
+                };
+                let address = next(300) as u16;
+                let candidate = Span {
+                    area,
+                    address,
+                    width,
+                };
+                // Points of a map never overlap (validation sees to it).
+                let overlaps = spans.iter().any(|s| {
+                    s.area == area && s.address < candidate.end() as u16 && address < s.end() as u16
+                });
+                if !overlaps {
+                    spans.push(candidate);
+                }
+            }
+            let holes: Vec<(Area, u16)> = (0..next(6))
+                .map(|_| (areas[next(3) as usize], next(300) as u16))
+                .collect();
+            let limits = Limits {
+                register_gap: next(20) as u16,
+                bit_gap: next(100) as u16,
+                max_registers: 125,
+                max_bits: 2000,
+            };
+            let (settled, dropped, _) = settle(&spans, &limits, &holes);
+            // The readable points, and the fewest requests that read them
+            // and no hole.
+            let readable: Vec<Span> = (0..spans.len())
+                .filter(|p| !dropped.contains(p))
+                .map(|p| spans[p])
+                .collect();
+            for &p in &dropped {
+                let s = spans[p];
+                assert!(
+                    holes.iter().any(|&(a, h)| a == s.area
+                        && s.address <= h
+                        && u32::from(h) < s.end()),
+                    "point {p} {s:?} was dropped but reads no hole {holes:?}"
+                );
+            }
+            assert_eq!(
+                settled.len(),
+                minimum_around(&readable, &limits, &holes),
+                "{spans:?} holes {holes:?} -> {settled:?}"
+            );
+            let mut served: Vec<usize> = settled.iter().flat_map(|r| r.points.clone()).collect();
+            served.sort();
+            let mut want: Vec<usize> = (0..spans.len()).filter(|p| !dropped.contains(p)).collect();
+            want.sort();
+            assert_eq!(served, want, "every readable point exactly once");
         }
     }
 

@@ -1,26 +1,54 @@
 //! Polling one Modbus device, whatever the link: its compiled register
 //! map, reading a poll group with coalesced requests (splitting those the
-//! device rejects, keeping the working layout), decoding, and the quality
-//! transitions. The links (`tcp.rs`, `rtu.rs`) own the schedule and the
-//! policy on failures.
+//! device rejects, and planning again from what the rejections proved),
+//! decoding, retries, and the quality transitions. The links (`tcp.rs`,
+//! `rtu/`) carry one transaction at a time through [`Link`] and own the
+//! schedule and the policy on failures.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tokio_modbus::client::{Context, Reader, Writer};
-use tokio_modbus::prelude::SlaveContext;
-use tokio_modbus::{ExceptionCode, Slave};
+use tokio_modbus::ExceptionCode;
 use tokio_util::sync::CancellationToken;
 
 use super::codec::{self, DataType, Order};
 use super::config::{ModbusDeviceConfig, RegisterMap};
-use super::plan::{self, Area, Limits, ReadRequest, Span, Split};
+use super::pdu::{Answer, Request};
+use super::plan::{self, Area, Attempt, Break, Limits, Probe, ReadRequest, Span};
 use crate::command::{CommandReceiver, Sent, WriteError, WriteReport, WriteRequest};
 use crate::stats::{DeviceState, DeviceStats};
 use biota_common::time::now_ns;
 use crate::{DeviceTime, RawValue, Sample, SampleBatch, SampleQuality, SampleSink};
+
+/// A link to devices that carries one transaction at a time: a TCP
+/// connection or a serial bus's master.
+pub(crate) trait Link {
+    /// Waits until a request may be sent (a serial line's silence after
+    /// the last frame); round trips are timed from here. Nothing to wait
+    /// for by default.
+    async fn ready(&mut self) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    /// Sends `request` to `unit` and waits for its answer. What the link
+    /// sees besides the result (frames from other slaves, late answers) it
+    /// counts in `stats`; the caller counts the result.
+    async fn call(
+        &mut self,
+        unit: u8,
+        request: &Request<'_>,
+        stats: &Arc<DeviceStats>,
+    ) -> Result<Answer, Failure>;
+
+    /// How long an answer may take.
+    fn timeout(&self) -> Duration;
+
+    /// Extra attempts of a request that got no valid answer, before a
+    /// device that answered so far is given up as offline.
+    fn retries(&self) -> u8;
+}
 
 /// One point, ready to decode.
 struct PointRt {
@@ -39,7 +67,9 @@ struct PointRt {
 pub(crate) struct GroupRt {
     pub(crate) interval: Duration,
     pub(crate) next_due: Instant,
-    /// Indexes of the group's points (into `DeviceRt::points`).
+    /// The group's points (indexes into `DeviceRt::points`).
+    points: std::ops::Range<usize>,
+    /// The read plan: requests whose `points` index `DeviceRt::points`.
     requests: Vec<ReadRequest>,
 }
 
@@ -51,19 +81,13 @@ pub(crate) struct DeviceRt {
     points: Vec<PointRt>,
     spans: Vec<Span>,
     pub(crate) groups: Vec<GroupRt>,
+    limits: Limits,
+    /// Ranges the plan must not span, proven by the device's rejections.
+    breaks: Vec<Break>,
+    /// Points the device rejects on their own: no longer polled.
+    unreadable: Vec<bool>,
     online: bool,
     pub(crate) stats: Arc<DeviceStats>,
-}
-
-/// How transactions on a link are bounded and watched.
-pub(crate) struct Wire<'a> {
-    pub(crate) timeout: Duration,
-    /// Silence between two transactions of one operation (a write and its
-    /// read-back) on a serial line; zero on TCP.
-    pub(crate) pause: Duration,
-    /// Bytes received on the link so far (serial lines): bytes without a
-    /// valid answer are a garbled frame, not silence.
-    pub(crate) rx_bytes: Option<&'a AtomicU64>,
 }
 
 impl DeviceRt {
@@ -110,15 +134,11 @@ impl DeviceRt {
                     width: p.width().max(1),
                 });
             }
-            let mut requests = plan::coalesce(&spans[first..], &limits);
-            for r in &mut requests {
-                for p in &mut r.points {
-                    *p += first;
-                }
-            }
+            let requests = plan::plan(&spans, first..spans.len(), &limits, &[]);
             groups.push(GroupRt {
                 interval: group.interval,
                 next_due: now,
+                points: first..spans.len(),
                 requests,
             });
         }
@@ -129,36 +149,67 @@ impl DeviceRt {
             id,
             unit: device.unit,
             source,
+            unreadable: vec![false; points.len()],
             points,
             spans,
             groups,
+            limits,
+            breaks: Vec::new(),
             online: true,
         }
     }
 
-    fn decode(
-        &mut self,
-        request: &ReadRequest,
-        regs: Option<&[u16]>,
-        bits: Option<&[bool]>,
-        out: &mut Vec<Sample>,
-    ) {
+    /// Extra attempts of a request after a failed one: none for a device
+    /// already offline (one attempt tells whether it is back).
+    fn retries(&self, link: &impl Link) -> u8 {
+        if self.online { link.retries() } else { 0 }
+    }
+
+    /// Takes in what a poll proved about the device's map, and plans every
+    /// group again: the fewest requests that span no proven hole.
+    fn learn(&mut self, breaks: Vec<Break>, dropped: Vec<usize>) {
+        for p in dropped {
+            self.unreadable[p] = true;
+            tracing::warn!(
+                device = %self.id,
+                point = %self.points[p].name,
+                "device rejects this point's address; it is no longer polled this session"
+            );
+        }
+        self.breaks.extend(breaks);
+        for group in &mut self.groups {
+            let live = group.points.clone().filter(|&p| !self.unreadable[p]);
+            group.requests = plan::plan(&self.spans, live, &self.limits, &self.breaks);
+        }
+        let plan: Vec<String> = self
+            .groups
+            .iter()
+            .flat_map(|g| &g.requests)
+            .map(|r| {
+                let last = u32::from(r.start) + u32::from(r.count) - 1;
+                format!("{} {}..{last}", r.area.as_str(), r.start)
+            })
+            .collect();
+        tracing::info!(device = %self.id, requests = plan.len(), plan = %plan.join(", "), "read plan made again after the device rejected a read");
+    }
+
+    fn decode(&mut self, request: &ReadRequest, answer: &Answer, out: &mut Vec<Sample>) {
         for &p in &request.points {
             let span = self.spans[p];
             let offset = usize::from(span.address - request.start);
             let point = &mut self.points[p];
-            let value = match (regs, bits) {
-                (Some(regs), _) => {
+            let value = match answer {
+                Answer::Registers(regs) => {
                     let Some(slice) = regs.get(offset..offset + usize::from(span.width)) else {
                         continue;
                     };
                     codec::decode(point.ty, point.order, point.bit, slice)
                 }
-                (None, Some(bits)) => match bits.get(offset) {
+                Answer::Bits(bits) => match bits.get(offset) {
                     Some(b) => RawValue::Bool(*b),
                     None => continue,
                 },
-                (None, None) => continue,
+                Answer::Written => continue,
             };
             point.last = Some(value.clone());
             out.push(Sample {
@@ -206,9 +257,8 @@ impl DeviceRt {
     /// when a transaction took place, how the link fared (for its policy).
     pub(crate) async fn write(
         &mut self,
-        ctx: &mut Context,
+        link: &mut impl Link,
         request: &WriteRequest,
-        wire: &Wire<'_>,
     ) -> (Result<WriteReport, WriteError>, Option<Outcome>) {
         let Some(p) = self.points.iter().position(|p| *p.name == *request.point) else {
             let error = WriteError::UnknownPoint {
@@ -250,45 +300,39 @@ impl DeviceRt {
         let verify = request.verify || point.verify;
         let multiple = point.write_multiple || words.len() > 1;
         let address = span.address;
-        ctx.set_slave(Slave(self.unit));
-        let (operation, sent) = match (span.area, multiple) {
+        let coils = [words[0] != 0];
+        let (operation, pdu) = match (span.area, multiple) {
             (Area::Coil, false) => (
                 "write_single_coil (5)",
-                exchange(
-                    &self.stats,
-                    wire,
-                    ctx.write_single_coil(address, words[0] != 0),
-                )
-                .await,
+                Request::WriteCoil {
+                    address,
+                    on: coils[0],
+                },
             ),
             (Area::Coil, true) => (
                 "write_multiple_coils (15)",
-                exchange(
-                    &self.stats,
-                    wire,
-                    ctx.write_multiple_coils(address, &[words[0] != 0]),
-                )
-                .await,
+                Request::WriteCoils {
+                    address,
+                    values: &coils,
+                },
             ),
             (_, false) => (
                 "write_single_register (6)",
-                exchange(
-                    &self.stats,
-                    wire,
-                    ctx.write_single_register(address, words[0]),
-                )
-                .await,
+                Request::WriteRegister {
+                    address,
+                    value: words[0],
+                },
             ),
             (_, true) => (
                 "write_multiple_registers (16)",
-                exchange(
-                    &self.stats,
-                    wire,
-                    ctx.write_multiple_registers(address, &words),
-                )
-                .await,
+                Request::WriteRegisters {
+                    address,
+                    values: &words,
+                },
             ),
         };
+        let retries = self.retries(link);
+        let sent = exchange(link, self.unit, &pdu, &self.stats, retries).await;
         let mut report = WriteReport {
             operation: operation.to_owned(),
             target: if words.len() > 1 {
@@ -305,40 +349,28 @@ impl DeviceRt {
             verified: false,
         };
         if let Err(failure) = sent {
-            return self.write_failed(failure, wire.timeout);
+            return self.write_failed(failure, link.timeout());
         }
         self.came_online();
         if verify {
-            // The inter-frame silence of a serial line (zero on TCP).
-            if !wire.pause.is_zero() {
-                tokio::time::sleep(wire.pause).await;
-            }
-            let back = ReadRequest {
+            let back = Request::Read {
                 area: span.area,
                 start: address,
                 count: span.width,
-                points: Vec::new(),
             };
-            let read = match read(ctx, &back, &self.stats, wire).await {
-                Ok((Some(regs), _)) => regs,
-                Ok((None, bits)) => bits
-                    .unwrap_or_default()
-                    .into_iter()
-                    .take(1)
-                    .map(u16::from)
-                    .collect(),
+            let read = match exchange(link, self.unit, &back, &self.stats, retries).await {
+                Ok(Answer::Registers(regs)) => regs,
+                Ok(Answer::Bits(bits)) => bits.into_iter().take(1).map(u16::from).collect(),
+                Ok(Answer::Written) => Vec::new(),
                 Err(failure) => {
-                    let (outcome, why) = match failure {
-                        Failure::Exception(code) => (
-                            Outcome::Answered,
-                            format!("Modbus exception {code:?} ({})", u8::from(code)),
-                        ),
-                        Failure::Timeout => (
-                            Outcome::TimedOut,
-                            format!("no answer within {:?}", wire.timeout),
-                        ),
-                        Failure::Garbled => (Outcome::Broken, "a garbled answer".into()),
-                        Failure::Link(why) => (Outcome::Broken, why),
+                    let outcome = failure.outcome();
+                    let why = match failure {
+                        Failure::Exception(code) => {
+                            format!("Modbus exception {code:?} ({})", u8::from(code))
+                        }
+                        Failure::Timeout => format!("no answer within {:?}", link.timeout()),
+                        Failure::Garbled => "a garbled answer".into(),
+                        Failure::Link(why) => why,
                     };
                     let error = WriteError::VerifyFailed {
                         point: request.point.clone(),
@@ -360,7 +392,7 @@ impl DeviceRt {
         // Show the new value soon: the point's groups are due now.
         let now = Instant::now();
         for group in &mut self.groups {
-            if group.requests.iter().any(|r| r.points.contains(&p)) {
+            if group.points.contains(&p) {
                 group.next_due = now;
             }
         }
@@ -374,106 +406,80 @@ impl DeviceRt {
         timeout: Duration,
     ) -> (Result<WriteReport, WriteError>, Option<Outcome>) {
         let device = self.id.to_string();
-        match failure {
-            Failure::Exception(code) => (
-                Err(WriteError::Refused {
-                    device,
-                    why: format!("Modbus exception {code:?} ({})", u8::from(code)),
-                }),
-                Some(Outcome::Answered),
-            ),
-            Failure::Timeout => (
-                Err(WriteError::Timeout { device, timeout }),
-                Some(Outcome::TimedOut),
-            ),
-            Failure::Garbled => (
-                Err(WriteError::Link {
-                    device,
-                    why: "garbled answer (bad CRC or framing)".into(),
-                }),
-                Some(Outcome::Broken),
-            ),
-            Failure::Link(why) => (Err(WriteError::Link { device, why }), Some(Outcome::Broken)),
-        }
+        let outcome = Some(failure.outcome());
+        let error = match failure {
+            Failure::Exception(code) => WriteError::Refused {
+                device,
+                why: format!("Modbus exception {code:?} ({})", u8::from(code)),
+            },
+            Failure::Timeout => WriteError::Timeout { device, timeout },
+            Failure::Garbled => WriteError::Link {
+                device,
+                why: "garbled answer (bad CRC or framing)".into(),
+            },
+            Failure::Link(why) => WriteError::Link { device, why },
+        };
+        (Err(error), outcome)
     }
 
     /// Reads group `g`: its samples, and how it ended. The caller applies
     /// its link's policy (reconnect, back off) and reports the device
     /// offline with [`DeviceRt::went_offline`] when it decides so.
-    pub(crate) async fn poll(
-        &mut self,
-        ctx: &mut Context,
-        g: usize,
-        wire: &Wire<'_>,
-    ) -> (Vec<Sample>, Outcome) {
+    pub(crate) async fn poll(&mut self, link: &mut impl Link, g: usize) -> (Vec<Sample>, Outcome) {
         let device = self;
-        ctx.set_slave(Slave(device.unit));
+        let retries = device.retries(link);
         let mut out = Vec::new();
-        let mut queue: Vec<ReadRequest> = std::mem::take(&mut device.groups[g].requests);
-        let mut working: Vec<ReadRequest> = Vec::with_capacity(queue.len());
+        let plan = std::mem::take(&mut device.groups[g].requests);
+        let mut probe = Probe::default();
         let mut failed: Option<Outcome> = None;
         let mut answered = false;
-        while let Some(request) = queue.pop() {
-            if failed.is_some() {
-                working.push(request);
-                continue;
-            }
-            match read(ctx, &request, &device.stats, wire).await {
-                Ok((regs, bits)) => {
-                    answered = true;
-                    device.decode(&request, regs.as_deref(), bits.as_deref(), &mut out);
-                    working.push(request);
-                }
-                Err(Failure::Exception(ExceptionCode::IllegalDataAddress)) => {
-                    answered = true;
-                    match plan::split(&request, &device.spans) {
-                        Split::Halves(a, b) => {
-                            tracing::info!(
-                                device = %device.id,
-                                area = request.area.as_str(),
-                                start = request.start,
-                                count = request.count,
-                                "device rejected a merged read; splitting it"
-                            );
-                            queue.push(a);
-                            queue.push(b);
-                        }
-                        Split::Unreadable(p) => {
-                            tracing::warn!(
-                                device = %device.id,
-                                point = %device.points.get(p).map_or("?", |p| &*p.name),
-                                "device rejects this point's address; it is no longer polled this session"
-                            );
-                        }
+        'plan: for request in &plan {
+            // The request, then the halves of rejected ones, depth first.
+            let mut attempts = vec![Attempt::planned(request)];
+            while let Some(attempt) = attempts.pop() {
+                let request = &*attempt.request;
+                let pdu = Request::Read {
+                    area: request.area,
+                    start: request.start,
+                    count: request.count,
+                };
+                match exchange(link, device.unit, &pdu, &device.stats, retries).await {
+                    Ok(answer) => {
+                        answered = true;
+                        probe.answered(&attempt);
+                        device.decode(request, &answer, &mut out);
                     }
-                }
-                Err(Failure::Exception(code)) => {
-                    answered = true;
-                    tracing::debug!(device = %device.id, ?code, "Modbus exception");
-                    working.push(request);
-                }
-                Err(Failure::Timeout) => {
-                    tracing::debug!(device = %device.id, timeout = ?wire.timeout, "Modbus request timed out");
-                    failed = Some(Outcome::TimedOut);
-                    working.push(request);
-                }
-                Err(Failure::Garbled) => {
-                    tracing::debug!(device = %device.id, "garbled Modbus answer (bad CRC or framing)");
-                    failed = Some(Outcome::Broken);
-                    working.push(request);
-                }
-                Err(Failure::Link(e)) => {
-                    tracing::debug!(device = %device.id, error = %e, "Modbus request failed");
-                    failed = Some(Outcome::Broken);
-                    working.push(request);
+                    Err(Failure::Exception(ExceptionCode::IllegalDataAddress)) => {
+                        answered = true;
+                        tracing::info!(
+                            device = %device.id,
+                            area = request.area.as_str(),
+                            start = request.start,
+                            count = request.count,
+                            "device rejected a read (illegal data address); splitting it"
+                        );
+                        attempts.extend(probe.rejected(&attempt, &device.spans).into_iter().flatten());
+                    }
+                    Err(Failure::Exception(code)) => {
+                        answered = true;
+                        tracing::debug!(device = %device.id, ?code, "Modbus exception");
+                    }
+                    Err(failure) => {
+                        tracing::debug!(device = %device.id, ?failure, "Modbus request failed");
+                        failed = Some(failure.outcome());
+                        break 'plan;
+                    }
                 }
             }
         }
-        working.sort_by_key(|r| (r.area, r.start));
         let group = &mut device.groups[g];
-        group.requests = working;
+        group.requests = plan;
         // Keep the schedule; if we fell behind, do not burst to catch up.
         group.next_due = (group.next_due + group.interval).max(Instant::now());
+        let (breaks, dropped) = probe.learnt();
+        if !breaks.is_empty() || !dropped.is_empty() {
+            device.learn(breaks, dropped);
+        }
         if answered {
             device.came_online();
         }
@@ -488,15 +494,29 @@ impl DeviceRt {
 }
 
 /// Why a request did not produce data.
-enum Failure {
+#[derive(Debug)]
+pub(crate) enum Failure {
     /// The device answered with an exception.
     Exception(ExceptionCode),
     /// No answer in time.
     Timeout,
-    /// Bytes came, but no valid answer (bad CRC or framing) in time.
+    /// A frame came, but it was not valid (bad CRC or framing).
     Garbled,
-    /// I/O or protocol error (a CRC error, a stale or mismatched answer).
+    /// I/O or protocol error (connection lost, a stale or mismatched
+    /// answer on TCP, the serial port failing).
     Link(String),
+}
+
+impl Failure {
+    /// How the link fared.
+    fn outcome(&self) -> Outcome {
+        match self {
+            Failure::Exception(_) => Outcome::Answered,
+            Failure::Timeout => Outcome::TimedOut,
+            Failure::Garbled => Outcome::Garbled,
+            Failure::Link(_) => Outcome::Broken,
+        }
+    }
 }
 
 /// How a poll of one group ended, for the link's policy.
@@ -506,69 +526,53 @@ pub(crate) enum Outcome {
     Answered,
     /// The device did not answer in time.
     TimedOut,
-    /// The link returned garbage or failed: do not trust it any more.
+    /// The device's answer came garbled (a serial line): it is there, the
+    /// line is noisy.
+    Garbled,
+    /// The link failed: do not trust it any more.
     Broken,
 }
 
-async fn read(
-    ctx: &mut Context,
-    request: &ReadRequest,
-    stats: &DeviceStats,
-    wire: &Wire<'_>,
-) -> Result<(Option<Vec<u16>>, Option<Vec<bool>>), Failure> {
-    let (start, count) = (request.start, request.count);
-    match request.area {
-        Area::Coil => exchange(stats, wire, ctx.read_coils(start, count))
-            .await
-            .map(|b| (None, Some(b))),
-        Area::DiscreteInput => exchange(stats, wire, ctx.read_discrete_inputs(start, count))
-            .await
-            .map(|b| (None, Some(b))),
-        Area::InputRegister => exchange(stats, wire, ctx.read_input_registers(start, count))
-            .await
-            .map(|w| (Some(w), None)),
-        Area::HoldingRegister => exchange(stats, wire, ctx.read_holding_registers(start, count))
-            .await
-            .map(|w| (Some(w), None)),
-    }
-}
-
-/// Bytes of the shortest RTU frame: address, function, exception code, CRC.
-const MIN_FRAME: u64 = 5;
-
-/// One Modbus transaction, bounded by the wire's timeout and counted in
+/// One request, attempted up to `1 + retries` times while it gets no
+/// valid answer (timeouts and garbled answers), each attempt counted in
 /// the device's stats.
-async fn exchange<T>(
-    stats: &DeviceStats,
-    wire: &Wire<'_>,
-    call: impl Future<Output = tokio_modbus::Result<T>>,
-) -> Result<T, Failure> {
-    let received = || wire.rx_bytes.map_or(0, |b| b.load(Relaxed));
-    let before = received();
-    let started = Instant::now();
-    stats.requests.fetch_add(1, Relaxed);
-    let result = match tokio::time::timeout(wire.timeout, call).await {
-        // At least the shortest frame (an exception: 5 bytes) came, but no
-        // valid one: garbled. Fewer bytes are a slow or cut-off answer.
-        Err(_) if received() - before >= MIN_FRAME => Err(Failure::Garbled),
-        Err(_) => Err(Failure::Timeout),
-        Ok(Err(e)) => Err(Failure::Link(e.to_string())),
-        Ok(Ok(Err(code))) => Err(Failure::Exception(code)),
-        Ok(Ok(Ok(data))) => Ok(data),
-    };
-    let counter = match &result {
-        Ok(_) => {
-            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-            stats.latency_us_total.fetch_add(micros, Relaxed);
-            &stats.answers
+async fn exchange(
+    link: &mut impl Link,
+    unit: u8,
+    request: &Request<'_>,
+    stats: &Arc<DeviceStats>,
+    retries: u8,
+) -> Result<Answer, Failure> {
+    let mut attempt = 0;
+    loop {
+        stats.requests.fetch_add(1, Relaxed);
+        let result = match link.ready().await {
+            Ok(()) => {
+                let started = Instant::now();
+                link.call(unit, request, stats).await.map(|a| (a, started))
+            }
+            Err(failure) => Err(failure),
+        };
+        let counter = match &result {
+            Ok((_, started)) => {
+                let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                stats.latency_us_total.fetch_add(micros, Relaxed);
+                &stats.answers
+            }
+            Err(Failure::Exception(_)) => &stats.exceptions,
+            Err(Failure::Timeout) => &stats.timeouts,
+            Err(Failure::Garbled) => &stats.crc_errors,
+            Err(Failure::Link(_)) => &stats.link_errors,
+        };
+        counter.fetch_add(1, Relaxed);
+        match result {
+            Err(Failure::Timeout | Failure::Garbled) if attempt < retries => {
+                attempt += 1;
+                tracing::debug!(device = %stats.device, unit, attempt, "no valid answer; asking again");
+            }
+            result => return result.map(|(answer, _)| answer),
         }
-        Err(Failure::Exception(_)) => &stats.exceptions,
-        Err(Failure::Timeout) => &stats.timeouts,
-        Err(Failure::Garbled) => &stats.crc_errors,
-        Err(Failure::Link(_)) => &stats.link_errors,
-    };
-    counter.fetch_add(1, Relaxed);
-    result
+    }
 }
 
 /// A link's queue of writes; pending forever once nobody can send.
@@ -625,9 +629,8 @@ async fn wait_until(due: Instant, shutdown: &CancellationToken, commands: &mut C
 /// fared, for the link's policy; `None` when the gateway stops.
 pub(crate) async fn step(
     devices: &mut [DeviceRt],
-    ctx: &mut Context,
+    link: &mut impl Link,
     ready_at: impl Fn(usize) -> Option<Instant>,
-    wire: &Wire<'_>,
     shutdown: &CancellationToken,
     commands: &mut Commands,
 ) -> Option<(Option<usize>, Vec<Sample>, Outcome)> {
@@ -635,11 +638,11 @@ pub(crate) async fn step(
     match wait_until(due, shutdown, commands).await {
         Wake::Stop => None,
         Wake::Due => {
-            let (out, outcome) = devices[d].poll(ctx, g, wire).await;
+            let (out, outcome) = devices[d].poll(link, g).await;
             Some((Some(d), out, outcome))
         }
         Wake::Write(request) => {
-            let (d, outcome) = serve_write(devices, ctx, request, wire).await;
+            let (d, outcome) = serve_write(devices, link, request).await;
             Some((d, Vec::new(), outcome))
         }
     }
@@ -649,9 +652,8 @@ pub(crate) async fn step(
 /// how the link fared, for the link's policy (as after a poll).
 async fn serve_write(
     devices: &mut [DeviceRt],
-    ctx: &mut Context,
+    link: &mut impl Link,
     request: WriteRequest,
-    wire: &Wire<'_>,
 ) -> (Option<usize>, Outcome) {
     if request.reply.is_closed() {
         // The caller gave up (timed out or went away): a write nobody
@@ -666,7 +668,7 @@ async fn serve_write(
         }));
         return (None, Outcome::Answered);
     };
-    let (result, outcome) = devices[d].write(ctx, &request, wire).await;
+    let (result, outcome) = devices[d].write(link, &request).await;
     let stats = &devices[d].stats;
     match &result {
         Ok(_) => {

@@ -3,8 +3,8 @@
 //!
 //! Each poll group of each device is due at its own interval; its points
 //! are read with the coalesced requests of [`super::plan`]. A request the
-//! device rejects with "illegal data address" is split and the working
-//! layout kept for the session. A timeout or a protocol error (which is
+//! device rejects with "illegal data address" is split, and the plan made
+//! again around the holes the rejection proved. A timeout or a protocol error (which is
 //! how a late response with a stale transaction id shows up) drops the
 //! connection, so no stale answer is ever decoded; reconnects back off
 //! exponentially with jitter. When a device stops answering, its points get
@@ -14,11 +14,18 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio_modbus::client::Context;
+use std::sync::Arc;
+
+use tokio_modbus::client::{Context, Reader, Writer};
+use tokio_modbus::prelude::SlaveContext;
+use tokio_modbus::Slave;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{ModbusConfig, TcpConnectionConfig};
-use super::poll::{Commands, DeviceRt, Outcome, Wire, link_down, refuse_offline, send, step};
+use super::pdu::{Answer, Request};
+use super::plan::Area;
+use super::poll::{Commands, DeviceRt, Failure, Link, Outcome, link_down, refuse_offline, send, step};
+use crate::stats::DeviceStats;
 use crate::command::CommandReceiver;
 use biota_common::config::HostPort;
 use biota_common::time::now_ns;
@@ -65,10 +72,13 @@ impl TcpConnection {
                     }
                 }
             };
-            let mut ctx = match ctx {
+            let mut link = match ctx {
                 Ok(ctx) => {
                     delay = self.config.reconnect_min;
-                    ctx
+                    TcpLink {
+                        ctx,
+                        timeout: self.config.timeout,
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(address = %self.config.address, error = %e, retry_in = ?delay, "cannot connect to Modbus TCP device");
@@ -83,15 +93,10 @@ impl TcpConnection {
             };
             // Poll (and write) until the link fails or we stop.
             loop {
-                let wire = Wire {
-                    timeout: self.config.timeout,
-                    pause: Duration::ZERO,
-                    rx_bytes: None,
-                };
                 let ready_at = |_| None;
-                let (devices, ctx) = (&mut self.devices, &mut ctx);
+                let (devices, link) = (&mut self.devices, &mut link);
                 let Some((d, mut out, outcome)) =
-                    step(devices, ctx, ready_at, &wire, &shutdown, &mut commands).await
+                    step(devices, link, ready_at, &shutdown, &mut commands).await
                 else {
                     return;
                 };
@@ -109,6 +114,73 @@ impl TcpConnection {
                 }
             }
         }
+    }
+}
+
+/// A TCP connection as a [`Link`]: tokio-modbus's client, each request
+/// bounded by the timeout.
+struct TcpLink {
+    ctx: Context,
+    timeout: Duration,
+}
+
+impl Link for TcpLink {
+    async fn call(
+        &mut self,
+        unit: u8,
+        request: &Request<'_>,
+        _stats: &Arc<DeviceStats>,
+    ) -> Result<Answer, Failure> {
+        let ctx = &mut self.ctx;
+        ctx.set_slave(Slave(unit));
+        let call = async {
+            let written = |r: tokio_modbus::Result<()>| r.map(|r| r.map(|()| Answer::Written));
+            match *request {
+                Request::Read { area, start, count } => match area {
+                    Area::Coil => ctx.read_coils(start, count).await.map(|r| r.map(Answer::Bits)),
+                    Area::DiscreteInput => ctx
+                        .read_discrete_inputs(start, count)
+                        .await
+                        .map(|r| r.map(Answer::Bits)),
+                    Area::InputRegister => ctx
+                        .read_input_registers(start, count)
+                        .await
+                        .map(|r| r.map(Answer::Registers)),
+                    Area::HoldingRegister => ctx
+                        .read_holding_registers(start, count)
+                        .await
+                        .map(|r| r.map(Answer::Registers)),
+                },
+                Request::WriteCoil { address, on } => {
+                    written(ctx.write_single_coil(address, on).await)
+                }
+                Request::WriteCoils { address, values } => {
+                    written(ctx.write_multiple_coils(address, values).await)
+                }
+                Request::WriteRegister { address, value } => {
+                    written(ctx.write_single_register(address, value).await)
+                }
+                Request::WriteRegisters { address, values } => {
+                    written(ctx.write_multiple_registers(address, values).await)
+                }
+            }
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Err(_) => Err(Failure::Timeout),
+            Ok(Err(e)) => Err(Failure::Link(e.to_string())),
+            Ok(Ok(Err(code))) => Err(Failure::Exception(code)),
+            Ok(Ok(Ok(answer))) => Ok(answer),
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// None: a request that fails drops the connection (a late answer
+    /// would otherwise be read as the next request's).
+    fn retries(&self) -> u8 {
+        0
     }
 }
 

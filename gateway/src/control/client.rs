@@ -99,6 +99,7 @@ pub fn devices_report(answer: &Json) -> String {
         ("CRC", "crc_errors"),
         ("EXCEPT", "exceptions"),
         ("LINK", "link_errors"),
+        ("LATE", "late_answers"),
         ("WRITES", "writes"),
         ("W.FAIL", "write_errors"),
         ("RTT_US", "latency_us"),

@@ -5,7 +5,8 @@
 //! prints the figures. It asserts nothing: the numbers are the result.
 //!
 //! - [`store`]: ingest, memory, queries, time to READY;
-//! - [`modbus`], [`mqtt`], [`coap`], [`api`], [`anchor`]: one run each;
+//! - [`modbus`], [`modbus_rtu`], [`mqtt`], [`coap`], [`api`], [`anchor`]:
+//!   one run each;
 //! - [`support`]: what the runs share (the sim load, CPU and memory
 //!   readings, the machine's name).
 
@@ -13,6 +14,7 @@ mod anchor;
 mod api;
 mod coap;
 mod modbus;
+mod modbus_rtu;
 mod mqtt;
 mod store;
 mod support;
@@ -87,6 +89,21 @@ enum Bench {
         /// Holding registers per unit, each a u16 point.
         #[arg(long, default_value_t = 100)]
         registers: u16,
+    },
+    /// Modbus RTU: the service binary ($BIOTA_GATEWAY_BIN, else the one
+    /// beside this) polling two slaves on a modelled serial line over a pty
+    /// pair; their polls/s as a fraction of what the baud rate allows,
+    /// clean, with a silent slave, and with 5% of answers corrupted.
+    ModbusRtu {
+        /// How long each scenario is measured (after 3 s of warm-up).
+        #[arg(long, default_value = "20s")]
+        duration: String,
+        /// The modelled line's speed.
+        #[arg(long, default_value_t = 9600)]
+        baud: u32,
+        /// Comma-separated: clean, silent, corrupt.
+        #[arg(long, default_value = "clean,silent,corrupt")]
+        scenarios: String,
     },
     /// MQTT: Mosquitto forwarding vs the gateway's embedded broker storing
     /// durably, single values and SenML packs, with publish-to-commit latency.
@@ -175,6 +192,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             units,
             registers,
         } => modbus::modbus(&dir, &duration, units, registers).await?,
+        Bench::ModbusRtu {
+            duration,
+            baud,
+            scenarios,
+        } => {
+            let duration = parse_duration(&duration).map_err(anyhow::Error::msg)?;
+            let scenarios = scenarios
+                .split(',')
+                .map(modbus_rtu::Scenario::parse)
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            modbus_rtu::modbus_rtu(&dir, duration, baud, &scenarios)?
+        }
         Bench::Mqtt {
             messages,
             packs,
@@ -209,6 +238,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             store::memory(&dir, "30s", 10_000, 1000).await?;
             store::ingest(&dir, "60s", 1000, "full", 64).await?;
             modbus::modbus(&dir, "30s", 100, 100).await?;
+            let rtu = [
+                modbus_rtu::Scenario::Clean,
+                modbus_rtu::Scenario::Silent,
+                modbus_rtu::Scenario::Corrupt,
+            ];
+            modbus_rtu::modbus_rtu(&dir, Duration::from_secs(20), 9600, &rtu)?;
             mqtt::mqtt(&dir, 2_000_000, 30_000, 4).await?;
             for records in [1, 10] {
                 coap::coap(&dir, Duration::from_secs(10), 300, 1, records).await?;

@@ -2,7 +2,7 @@
 //! at a steady rate, query latency, and time to readiness with a large
 //! existing database.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use biota_gateway::store::{StoreReader, StoreWriter};
 use biota_gateway::{Gateway, Paths, Quality, Reading, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::support::{file_mb, rss_kib, sim_config, time_it};
+use super::support::{RunningGateway, file_mb, gateway_binary, rss_kib, sim_config, time_it};
 use crate::thousands;
 
 pub async fn ingest(
@@ -309,56 +309,11 @@ pub fn ready(dir: &Path, size: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The service binary: `$BIOTA_GATEWAY_BIN`, else `biota-gateway` beside
-/// this one (cargo builds both into the same directory).
-pub fn gateway_binary() -> anyhow::Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("BIOTA_GATEWAY_BIN") {
-        return Ok(PathBuf::from(bin));
-    }
-    let beside = std::env::current_exe()?.with_file_name("biota-gateway");
-    anyhow::ensure!(
-        beside.is_file(),
-        "no biota-gateway beside this binary ({}): build it (cargo build --release -p biota-gateway) or set BIOTA_GATEWAY_BIN",
-        beside.display()
-    );
-    Ok(beside)
-}
-
-/// Spawns `run` with a notify socket of our own and times READY=1.
+/// Spawns `run` and times READY=1, then stops it cleanly.
 pub fn time_to_ready(exe: &Path, config: &Path, dir: &Path) -> anyhow::Result<Duration> {
-    use std::os::unix::net::UnixDatagram;
-    let socket_path = dir.join("notify.sock");
-    let _ = std::fs::remove_file(&socket_path);
-    let socket = UnixDatagram::bind(&socket_path)?;
-    socket.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let started = Instant::now();
-    let mut child = std::process::Command::new(exe)
-        .args(["run", "--config"])
-        .arg(config)
-        .arg("--state-dir")
-        .arg(dir)
-        .env("NOTIFY_SOCKET", &socket_path)
-        .env("BIOTA_LOG", "warn")
-        .spawn()?;
-    let mut buf = [0u8; 4096];
-    let result = loop {
-        match socket.recv(&mut buf) {
-            Ok(n)
-                if String::from_utf8_lossy(&buf[..n])
-                    .lines()
-                    .any(|l| l == "READY=1") =>
-            {
-                break Ok(started.elapsed());
-            }
-            Ok(_) => continue,
-            Err(e) => break Err(anyhow::anyhow!("no READY=1 within 30 s: {e}")),
-        }
-    };
-    // A clean stop (SIGTERM), so the next start does not begin with WAL recovery.
-    // SAFETY: kill(2) on our own child's pid, which it keeps until waited for.
-    if unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) } != 0 {
-        child.kill()?;
-    }
-    child.wait()?;
-    result
+    let gateway = RunningGateway::start(exe, config, dir, "warn")?;
+    let ready = gateway.ready_after;
+    // A clean stop, so the next start does not begin with WAL recovery.
+    gateway.stop()?;
+    Ok(ready)
 }
