@@ -79,9 +79,9 @@ def target_dir() -> Path:
     return path if path.is_absolute() else REPO / path
 
 
-def _cargo_build(release: bool) -> None:
-    cmd = ["cargo", "build", "-p", "biota-gateway"] + (["--release"] if release else [])
-    print(f"building the gateway: {' '.join(cmd)}")
+def _cargo_build(release: bool, package: str = "biota-gateway") -> None:
+    cmd = ["cargo", "build", "-p", package] + (["--release"] if release else [])
+    print(f"building {package}: {' '.join(cmd)}")
     subprocess.run(cmd, cwd=REPO, check=True, stdin=subprocess.DEVNULL)
 
 
@@ -128,6 +128,22 @@ def release_bin() -> Path:
         path = _existing(target_dir() / "release" / "biota-gateway")
     assert path, "no release biota-gateway binary, and cargo build --release did not produce one"
     print(f"biota-gateway (release) under test: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def dev_bin() -> Path:
+    """The developer tools (`biota-dev`: demo, bench): $BIOTA_DEV_BIN
+    (scripts/test sets it to the release build), else target/release,
+    built if absent. The demo finds biota-gateway beside it."""
+    path = _from_env("BIOTA_DEV_BIN")
+    if path is None:
+        path = _existing(target_dir() / "release" / "biota-dev")
+    if path is None:
+        _cargo_build(release=True, package="biota-dev")
+        path = _existing(target_dir() / "release" / "biota-dev")
+    assert path, "no release biota-dev binary, and cargo build --release did not produce one"
+    print(f"biota-dev under test: {path}")
     return path
 
 
@@ -540,7 +556,7 @@ def fill_disk(directory: Path, name: str = "filler", chunk: int = 4096) -> Path:
 
 
 def start_demo(binary: Path, state_dir: Path, duration: str = "120s"):
-    """Starts `biota-gateway demo` and returns (process, console url, token);
+    """Starts `biota-dev demo` (`binary`) and returns (process, console url, token);
     `process.anvil_rpc` is the demo's local chain (None without anvil)."""
     demo = subprocess.Popen(
         [str(binary), "demo", "--duration", duration, "--state-dir", str(state_dir)],

@@ -309,7 +309,7 @@ def test_an_unauthorized_gateway_anchors_nothing_and_says_why(setup: Setup):
         assert s.contract.call("nextIndex", s.address) == 1
         status = run_cli(s.bin, "devices", "--state-dir", str(s.state), "--json")
         assert status.returncode == 0, status.stderr
-        chain = json.loads(status.stdout)["anchor"]["chain"]
+        chain = json.loads(status.stdout)["anchoring"]["chain"]
         assert "not authorized" in (chain["last_error"] or "")
         # The owner authorizes it: anchoring starts without a restart.
         s.authorize()
@@ -330,7 +330,7 @@ def test_a_stuck_transaction_is_sent_again_with_higher_fees(tmp_path, gateway_bi
 
         def chain_status():
             out = run_cli(s.bin, "devices", "--state-dir", str(s.state), "--json")
-            return json.loads(out.stdout)["anchor"]["chain"] if out.returncode == 0 else {}
+            return json.loads(out.stdout)["anchoring"]["chain"] if out.returncode == 0 else {}
 
         # resubmit_after is 5 s in the test config.
         wait_until(lambda: chain_status().get("resubmissions", 0) >= 1, 40, "a re-sent transaction")

@@ -46,8 +46,8 @@ def schemathesis(url: str, token: str, workdir: Path, *args: str) -> subprocess.
     )
 
 
-def test_the_api_matches_its_openapi_document(release_bin: Path, tmp_path: Path) -> None:
-    demo, url, token = start_demo(release_bin, tmp_path / "demo", duration="15m")
+def test_the_api_matches_its_openapi_document(dev_bin: Path, tmp_path: Path) -> None:
+    demo, url, token = start_demo(dev_bin, tmp_path / "demo", duration="15m")
     try:
         run = schemathesis(url, token, tmp_path, "--checks", CHECKS, "--exclude-path", "/v1/stream")
     finally:

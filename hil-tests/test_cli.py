@@ -94,10 +94,10 @@ def test_usage_error_exits_2(gateway_bin):
 # ---------------------------------------------------------------------------
 
 
-def test_demo_runs_and_summarizes(gateway_bin, tmp_path):
+def test_demo_runs_and_summarizes(dev_bin, tmp_path):
     state = tmp_path / "demo"
     started = time.monotonic()
-    result = run_cli(gateway_bin, "demo", "--duration", "3s", "--state-dir", state, timeout=60)
+    result = run_cli(dev_bin, "demo", "--duration", "3s", "--state-dir", state, timeout=60)
     elapsed = time.monotonic() - started
     out = result.stdout
     assert result.returncode == 0, f"demo exited {result.returncode}\nstdout:\n{out}\nstderr:\n{result.stderr}"

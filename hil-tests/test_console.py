@@ -1,4 +1,4 @@
-"""The web console in a real browser: `biota-gateway demo` (release build)
+"""The web console in a real browser: `biota-dev demo` (release build)
 serves it, and headless Chromium (Debian's package) driven by playwright-core
 (npm, hil-tests/package.json) signs in with the token the demo prints, sees
 the demo's devices update live, opens a point's chart and visits every page
@@ -18,12 +18,12 @@ HERE = Path(__file__).resolve().parent
 ARTIFACTS = REPO / "test-artifacts" / "console"
 
 
-def test_console_in_chromium(release_bin: Path, tmp_path: Path) -> None:
+def test_console_in_chromium(release_bin: Path, dev_bin: Path, tmp_path: Path) -> None:
     node_modules = HERE / "node_modules" / "playwright-core"
     assert node_modules.is_dir(), "playwright-core is missing: scripts/test runs npm ci in hil-tests/"
     assert Path("/usr/bin/chromium").exists(), "Debian's chromium is missing: scripts/test installs it"
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
-    demo, url, token = start_demo(release_bin, tmp_path / "demo")
+    demo, url, token = start_demo(dev_bin, tmp_path / "demo")
     try:
         run = subprocess.run(
             ["node", str(HERE / "browser" / "console.mjs"), url, token, str(ARTIFACTS)],

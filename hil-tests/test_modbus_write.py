@@ -125,7 +125,7 @@ def test_cli_writes_read_back_by_mbpoll(gateway_bin, pymodbus, spawn, write_conf
 
     # Through the profile: 12.5 m/min is register value 125; verified by the map.
     w = written(write(gateway_bin, state_dir, "press-1", "speed_setpoint", "12.5"))
-    assert (w["raw_point"], w["raw_value"], w["words"]) == ("speed_raw", "125", [125])
+    assert (w["raw_point"], w["raw_value"], w["sent"]) == ("speed_raw", "125", {"registers": [125]})
     assert w["operation"] == "write_single_register (6)" and w["target"] == "holding_register 0"
     assert w["verified"] is True
     assert mbpoll(port, 0, "4") == ["125"]
@@ -138,7 +138,7 @@ def test_cli_writes_read_back_by_mbpoll(gateway_bin, pymodbus, spawn, write_conf
     )
 
     w = written(write(gateway_bin, state_dir, "press-1", "offset", "-42"))
-    assert w["words"] == [65536 - 42]
+    assert w["sent"] == {"registers": [65536 - 42]}
     assert int(mbpoll(port, 1, "4")[0]) % 65536 == 65536 - 42
 
     w = written(write(gateway_bin, state_dir, "--verify", "press-1", "pressure_sp", "123.25"))
@@ -221,6 +221,6 @@ def test_a_malformed_control_request_gets_an_error_not_a_crash(
             assert answer["ok"] is False and answer["error"]["kind"] == "bad_request", answer
     # Still serving.
     w = written(write(gateway_bin, state_dir, "press-1", "mode", "4"))
-    assert w["words"] == [4]
+    assert w["sent"] == {"registers": [4]}
     assert gw.alive()
     assert gw.stop() == 0

@@ -36,10 +36,34 @@ pub struct WriteReport {
     pub operation: String,
     /// Where, e.g. `holding_register 100..101`.
     pub target: String,
-    /// The words (or bits, as 0/1) sent.
-    pub words: Vec<u16>,
+    /// What went to the device, in the protocol's own units.
+    pub sent: Sent,
     /// The value was read back and matched.
     pub verified: bool,
+}
+
+/// Data as it went to (or came back from) a device, in the protocol's own
+/// units. Serialized as `{"registers": [125]}`, `{"bits": [true]}` or
+/// `{"payload": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sent {
+    /// 16-bit registers (Modbus holding registers).
+    Registers(Vec<u16>),
+    /// Single bits (Modbus coils, digital outputs).
+    Bits(Vec<bool>),
+    /// A message body (a topic's or a resource's payload), as text.
+    Payload(String),
+}
+
+impl std::fmt::Display for Sent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sent::Registers(words) => write!(f, "registers {words:?}"),
+            Sent::Bits(bits) => write!(f, "bits {bits:?}"),
+            Sent::Payload(text) => write!(f, "payload {text:?}"),
+        }
+    }
 }
 
 /// Why a write did not happen (or did not stick).
@@ -70,11 +94,11 @@ pub enum WriteError {
     },
     #[error("the link to device {device} failed during the write: {why}")]
     Link { device: String, why: String },
-    #[error("read-back of {point} does not match: wrote {wrote:?}, read {read:?}")]
+    #[error("read-back of {point} does not match: wrote {wrote}, read {read}")]
     Mismatch {
         point: String,
-        wrote: Vec<u16>,
-        read: Vec<u16>,
+        wrote: Sent,
+        read: Sent,
     },
     #[error("{point} was written (the device acknowledged it) but reading it back failed: {why}")]
     VerifyFailed { point: String, why: String },

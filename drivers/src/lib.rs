@@ -5,28 +5,46 @@
 //! nothing of the Common Data Model, the store or the gateway: turning
 //! samples into typed, validated readings is the gateway's normalizer's job.
 //!
-//! Layout: one folder per protocol (`sim/`, later `modbus/`, `mqtt/`,
-//! `coap/`), each with a `config.rs` holding its `<Proto>Config` and the
-//! task `<Proto>Driver` with `new()` and `async fn run(self, shutdown)`.
-//! [`DriversConfig`] is the one place a protocol is registered.
+//! Layout: one folder per protocol (`sim/`, `modbus/`, `mqtt/`, `coap/`),
+//! each with a `config.rs` holding its `<Proto>Config` (which implements
+//! [`DriverConfig`]: validation, the devices it knows, and `build`, which
+//! returns the running [`Component`]) and the task `<Proto>Driver`. The
+//! `drivers!` list below is the one place a protocol is registered: one
+//! line makes its module, its `[drivers.<name>]` section and its place in
+//! [`DriversConfig`]'s iteration.
+//! Payload formats several drivers read (JSON, SenML, topic patterns) are
+//! in [`payload`], so no protocol imports another.
 //!
 //! *Architecture invariant:* this crate never depends on `biota-gateway`
-//! or `biota-node`.
+//! or `biota-node`; what it shares with them comes from `biota-common`.
 
-pub mod base64url;
-pub mod coap;
 pub mod command;
-pub mod duration;
-pub mod modbus;
-pub mod mqtt;
-pub mod sim;
+pub mod component;
+pub mod payload;
 pub mod stats;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+pub use component::{BuildContext, Component, DriverConfig, DriverError};
 
-use serde::Deserialize;
+component::drivers! {
+    /// Simulated devices (`[drivers.sim]`): dry runs and the demo. Default: none.
+    sim: sim::SimConfig,
+    /// Modbus TCP and RTU devices (`[drivers.modbus]`). Default: none.
+    modbus: modbus::ModbusConfig,
+    /// The embedded MQTT broker, topic rules and upstream brokers (`[drivers.mqtt]`). Default: none.
+    mqtt: mqtt::MqttConfig,
+    /// The CoAP server and observed resources (`[drivers.coap]`). Default: none.
+    coap: coap::CoapConfig,
+}
+
+use std::sync::Arc;
+
+use biota_common::channel::{Batch, BatchReceiver, BatchSender, batch_channel};
+
+/// Log targets of third-party crates the drivers use whose routine
+/// messages are noise (rumqttd logs a client that disconnects early as an
+/// error); the binary silences them unless asked (`BIOTA_LOG`). The
+/// drivers log what matters themselves.
+pub const QUIET_LOG_TARGETS: &[&str] = &["rumqttd"];
 
 /// A value as the device delivered it, before profiles give it a type.
 #[derive(Debug, Clone, PartialEq)]
@@ -132,46 +150,10 @@ impl CommitNotice {
     }
 }
 
-/// Something sent through a [`batch_channel`]: it knows how many items it holds.
-pub trait Batch {
-    fn items(&self) -> usize;
-}
-
 impl Batch for SampleBatch {
     fn items(&self) -> usize {
         self.samples.len()
     }
-}
-
-impl<T> Batch for Vec<T> {
-    fn items(&self) -> usize {
-        self.len()
-    }
-}
-
-/// The sending end of a bounded channel of batches: when it is full the
-/// sender waits (backpressure) instead of memory growing. It also counts
-/// the items queued in it, for the queue-depth metric.
-#[derive(Debug)]
-pub struct BatchSender<T> {
-    tx: tokio::sync::mpsc::Sender<T>,
-    queued: Arc<AtomicU64>,
-}
-
-impl<T> Clone for BatchSender<T> {
-    fn clone(&self) -> Self {
-        Self {
-            tx: self.tx.clone(),
-            queued: self.queued.clone(),
-        }
-    }
-}
-
-/// The receiving end of a [`BatchSender`].
-#[derive(Debug)]
-pub struct BatchReceiver<T> {
-    rx: tokio::sync::mpsc::Receiver<T>,
-    queued: Arc<AtomicU64>,
 }
 
 /// What every driver gets to hand its samples to the gateway.
@@ -179,102 +161,9 @@ pub type SampleSink = BatchSender<SampleBatch>;
 /// Where the gateway's normalizer takes samples from.
 pub type SampleSource = BatchReceiver<SampleBatch>;
 
-/// The pipeline has shut down; nobody receives batches any more.
-#[derive(Debug, thiserror::Error)]
-#[error("the channel is closed (the gateway is shutting down)")]
-pub struct SinkClosed;
-
-/// A bounded channel holding at most `capacity` batches.
-pub fn batch_channel<T: Batch>(capacity: usize) -> (BatchSender<T>, BatchReceiver<T>) {
-    let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
-    let queued = Arc::new(AtomicU64::new(0));
-    (
-        BatchSender {
-            tx,
-            queued: queued.clone(),
-        },
-        BatchReceiver { rx, queued },
-    )
-}
-
 /// A bounded sample channel holding at most `capacity` batches.
 pub fn sample_channel(capacity: usize) -> (SampleSink, SampleSource) {
     batch_channel(capacity)
-}
-
-impl<T: Batch> BatchSender<T> {
-    /// Sends a batch unless `shutdown` comes first: false if the gateway
-    /// stops or the pipeline is gone. A batch not yet accepted when
-    /// shutdown comes was never ingested, so dropping it loses nothing
-    /// accepted.
-    pub async fn send_unless(
-        &self,
-        batch: T,
-        shutdown: &tokio_util::sync::CancellationToken,
-    ) -> bool {
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => false,
-            sent = self.send(batch) => sent.is_ok(),
-        }
-    }
-
-    /// Sends a batch, waiting while the channel is full (backpressure).
-    /// Cancel-safe: a send dropped while waiting leaves no trace.
-    pub async fn send(&self, batch: T) -> Result<(), SinkClosed> {
-        let permit = self.tx.reserve().await.map_err(|_| SinkClosed)?;
-        self.queued
-            .fetch_add(batch.items() as u64, Ordering::Relaxed);
-        permit.send(batch);
-        Ok(())
-    }
-}
-
-impl<T: Batch> BatchReceiver<T> {
-    /// The next batch, or `None` once every sender is dropped and the queue is empty.
-    pub async fn recv(&mut self) -> Option<T> {
-        let batch = self.rx.recv().await?;
-        self.queued
-            .fetch_sub(batch.items() as u64, Ordering::Relaxed);
-        Some(batch)
-    }
-
-    /// The next batch if one is queued right now.
-    /// Whether nothing is queued right now.
-    pub fn is_empty(&self) -> bool {
-        self.rx.is_empty()
-    }
-
-    pub fn try_recv(&mut self) -> Option<T> {
-        let batch = self.rx.try_recv().ok()?;
-        self.queued
-            .fetch_sub(batch.items() as u64, Ordering::Relaxed);
-        Some(batch)
-    }
-
-    /// A handle that reads how many items are queued.
-    pub fn depth_gauge(&self) -> Arc<AtomicU64> {
-        self.queued.clone()
-    }
-}
-
-/// Every southbound driver's configuration; the one registration point of
-/// a protocol. Each protocol is a table in the gateway's TOML file.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DriversConfig {
-    /// Simulated devices (`[sim]`). Default: none.
-    #[serde(default)]
-    pub sim: Option<sim::SimConfig>,
-    /// Modbus devices (`[modbus]`). Default: none.
-    #[serde(default)]
-    pub modbus: Option<modbus::ModbusConfig>,
-    /// The MQTT broker and topic rules (`[mqtt]`). Default: none.
-    #[serde(default)]
-    pub mqtt: Option<mqtt::MqttConfig>,
-    /// The CoAP server (`[coap]`). Default: none.
-    #[serde(default)]
-    pub coap: Option<coap::CoapConfig>,
 }
 
 /// A device a driver will produce samples for, with the profile its
@@ -285,72 +174,6 @@ pub struct DeviceBinding {
     pub profile: Option<String>,
     /// Key path of the device in the configuration, for error messages.
     pub key_path: String,
-}
-
-/// A configuration error found by a driver's own validation.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{key_path}: {reason}")]
-pub struct ConfigError {
-    /// Where in the TOML file, e.g. `sim.devices[2].points[0].rate`.
-    pub key_path: String,
-    pub reason: String,
-}
-
-impl DriversConfig {
-    /// Checks everything serde's types cannot express.
-    /// `prefix` is where this table sits in the file (e.g. `drivers`).
-    pub fn validate(&self, prefix: &str) -> Result<(), Vec<ConfigError>> {
-        let mut errors = Vec::new();
-        if let Some(sim) = &self.sim {
-            sim.validate(&key_path(prefix, "sim"), &mut errors);
-        }
-        if let Some(modbus) = &self.modbus {
-            modbus.validate(&key_path(prefix, "modbus"), &mut errors);
-        }
-        if let Some(mqtt) = &self.mqtt {
-            mqtt.validate(&key_path(prefix, "mqtt"), &mut errors);
-        }
-        if let Some(coap) = &self.coap {
-            coap.validate(&key_path(prefix, "coap"), &mut errors);
-        }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
-    }
-
-    /// Every statically configured device, for profile binding.
-    pub fn devices(&self, prefix: &str) -> Vec<DeviceBinding> {
-        let mut out = Vec::new();
-        if let Some(sim) = &self.sim {
-            out.extend(sim.devices(&key_path(prefix, "sim")));
-        }
-        if let Some(modbus) = &self.modbus {
-            out.extend(modbus.devices(&key_path(prefix, "modbus")));
-        }
-        if let Some(mqtt) = &self.mqtt {
-            out.extend(mqtt.devices(&key_path(prefix, "mqtt")));
-        }
-        if let Some(coap) = &self.coap {
-            out.extend(coap.devices(&key_path(prefix, "coap")));
-        }
-        out
-    }
-
-    /// Profiles named for devices only known at run time (MQTT rules, CoAP resources),
-    /// with their key paths, so the gateway can check they exist.
-    pub fn dynamic_profiles(&self, prefix: &str) -> Vec<(String, String)> {
-        let mut out = self
-            .mqtt
-            .as_ref()
-            .map(|m| m.profiles(&key_path(prefix, "mqtt")))
-            .unwrap_or_default();
-        if let Some(coap) = &self.coap {
-            out.extend(coap.profiles(&key_path(prefix, "coap")));
-        }
-        out
-    }
 }
 
 /// For entries (MQTT rules, CoAP resources) that may fix a device and
@@ -376,47 +199,4 @@ pub(crate) fn entry_bindings<'a>(
         }
     }
     (devices, profiles)
-}
-
-/// `prefix.name`, or `name` at the top level.
-fn key_path(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{prefix}.{name}")
-    }
-}
-
-/// Runs the future `make` returns on a thread of its own, named `name`,
-/// with a single-threaded tokio runtime: for work that blocks (SQLite) or
-/// whose CPU time must be told apart (simulators).
-pub fn spawn_on_own_runtime<F, Fut>(
-    name: &str,
-    make: F,
-) -> std::io::Result<std::thread::JoinHandle<()>>
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = ()>,
-{
-    let thread = name.to_owned();
-    std::thread::Builder::new()
-        .name(thread.clone())
-        .spawn(move || {
-            match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime.block_on(make()),
-                Err(e) => tracing::error!(thread, error = %e, "cannot start a runtime"),
-            }
-        })
-}
-
-/// Current UTC time in nanoseconds since the Unix epoch.
-pub fn now_ns() -> i64 {
-    match SystemTime::now().duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
-        // A clock before 1970 is a broken clock; 0 makes that visible.
-        Err(_) => 0,
-    }
 }

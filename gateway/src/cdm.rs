@@ -199,7 +199,7 @@ impl fmt::Display for Value {
             Self::I64(i) => write!(f, "{i}"),
             Self::F64(v) => write!(f, "{v}"),
             Self::Text(t) => f.write_str(t),
-            Self::Bytes(b) => write!(f, "0x{}", hex(b)),
+            Self::Bytes(b) => write!(f, "{}", alloy::hex::encode_prefixed(b)),
         }
     }
 }
@@ -222,7 +222,8 @@ pub struct Reading {
     /// Gateway-wide, gapless, strictly increasing; assigned by the store's
     /// writer when the reading is committed. 0 means "not yet committed".
     pub seq: u64,
-    /// Protocol and address it came from, e.g. `modbus-tcp://10.0.0.5:502/1`.
+    /// Protocol and address it came from, e.g. `sim://line-1` or a driver's
+    /// `<protocol>://<address>/<unit>`.
     pub source: Arc<str>,
 }
 
@@ -343,7 +344,7 @@ impl Reading {
             device: &self.device,
             point: &self.point,
             ts: self.ts,
-            time: crate::time::format_rfc3339(self.ts),
+            time: biota_common::time::format_rfc3339(self.ts),
             value: JsonValue(&self.value),
             kind: self.value.kind().as_str(),
             unit: self.unit.as_deref(),
@@ -433,39 +434,16 @@ pub fn keccak256(data: &[u8]) -> [u8; 32] {
     out
 }
 
-/// Lower-case hex without prefix.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    s
-}
-
-/// Parses hex with or without a `0x` prefix.
-pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    let s = s.strip_prefix("0x").unwrap_or(s);
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 mod hex_serde {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("0x{}", super::hex(bytes)))
+        s.serialize_str(&alloy::hex::encode_prefixed(bytes))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let s = String::deserialize(d)?;
-        super::unhex(&s).ok_or_else(|| serde::de::Error::custom(format!("`{s}` is not hex")))
+        alloy::hex::decode(&s).map_err(|_| serde::de::Error::custom(format!("`{s}` is not hex")))
     }
 }
 
@@ -509,12 +487,12 @@ mod tests {
                 serde_json::from_str(field("reading:")).expect("vector reading is JSON");
             reading.validate().expect("vector readings are valid");
             assert_eq!(
-                format!("0x{}", hex(&reading.encode())),
+                alloy::hex::encode_prefixed(reading.encode()),
                 field("encoding:"),
                 "encoding of {reading:?}"
             );
             assert_eq!(
-                format!("0x{}", hex(&reading.leaf_hash())),
+                alloy::hex::encode_prefixed(reading.leaf_hash()),
                 field("leaf:"),
                 "leaf of {reading:?}"
             );
@@ -549,7 +527,10 @@ mod tests {
                 .iter()
                 .find_map(|l| l.strip_prefix(name).map(str::trim))
                 .expect("field");
-            let b: [u8; 32] = unhex(v).expect("hex").try_into().expect("32 bytes");
+            let b: [u8; 32] = alloy::hex::decode(v)
+                .expect("hex")
+                .try_into()
+                .expect("32 bytes");
             b
         };
         assert_eq!(node_hash(&field("left:"), &field("right:")), field("node:"));
@@ -559,7 +540,7 @@ mod tests {
     fn keccak_is_ethereum_keccak() {
         // keccak256("") as every EVM computes it.
         assert_eq!(
-            hex(&keccak256(b"")),
+            alloy::hex::encode(keccak256(b"")),
             "c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470"
         );
     }
@@ -579,7 +560,7 @@ mod tests {
         assert!(validate_point(&"p".repeat(129)).is_err());
         assert!(validate_unit("m/s").is_ok());
         assert!(validate_unit("kW h").is_err());
-        assert!(validate_source("modbus-tcp://10.0.0.5:502/1").is_ok());
+        assert!(validate_source("fieldbus-tcp://10.0.0.5:502/1").is_ok());
         assert!(validate_source("bad\nsource").is_err());
     }
 

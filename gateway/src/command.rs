@@ -13,13 +13,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use biota_drivers::RawValue;
-use biota_drivers::command::{self, CommandSender, WriteError, WriteReport};
+use std::collections::BTreeMap;
+
+use biota_drivers::command::{self, CommandSender, Sent, WriteError, WriteReport};
+use biota_drivers::{DeviceBinding, RawValue};
 use rustc_hash::FxHashMap as HashMap;
 use serde::Serialize;
 
-use crate::config::{GatewayConfig, Unmapped};
 use crate::metrics::Metrics;
+use crate::normalize::config::{ProfileConfig, Unmapped};
 
 /// How long a caller waits for a driver's answer: the link may be in the
 /// middle of a poll cycle of many slaves.
@@ -102,7 +104,8 @@ pub struct WriteOutcome {
     pub raw_value: String,
     pub operation: String,
     pub target: String,
-    pub words: Vec<u16>,
+    /// What went to the device, in the protocol's units.
+    pub sent: Sent,
     pub verified: bool,
 }
 
@@ -117,20 +120,16 @@ impl CommandBus {
     /// Every configured device, with the write queues of those whose
     /// driver takes writes.
     pub fn new(
-        config: &GatewayConfig,
+        profiles: &BTreeMap<String, ProfileConfig>,
+        bindings: &[DeviceBinding],
         senders: Vec<(Arc<str>, CommandSender)>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let mut senders: HashMap<Arc<str>, CommandSender> = senders.into_iter().collect();
-        let targets = config
-            .drivers
-            .devices("drivers")
-            .into_iter()
+        let targets = bindings
+            .iter()
             .map(|binding| {
-                let profile = binding
-                    .profile
-                    .as_deref()
-                    .and_then(|p| config.profiles.get(p));
+                let profile = binding.profile.as_deref().and_then(|p| profiles.get(p));
                 let mut points = HashMap::default();
                 let mut renamed = rustc_hash::FxHashSet::default();
                 for (raw, rule) in profile.map(|p| &p.points).into_iter().flatten() {
@@ -153,7 +152,7 @@ impl CommandBus {
                     renamed,
                     only_mapped,
                 };
-                (binding.device, target)
+                (binding.device.clone(), target)
             })
             .collect();
         Self {
@@ -231,7 +230,7 @@ impl CommandBus {
             raw_value: display(&raw_value),
             operation: report.operation,
             target: report.target,
-            words: report.words,
+            sent: report.sent,
             verified: report.verified,
         })
     }

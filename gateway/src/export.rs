@@ -1,12 +1,13 @@
 //! Tabular forms of readings and aggregate buckets, shared by the command
 //! line (`biota-gateway query`) and the HTTP API: the columns, the cells
-//! as text, CSV (RFC 4180 quoting) and the JSON of a bucket.
+//! as text, CSV (RFC 4180 quoting), an aligned table for people, and the
+//! JSON of a bucket.
 
 use std::io::Write;
 
 use crate::cdm::Reading;
 use crate::store::Bucket;
-use crate::time::format_rfc3339;
+use biota_common::time::format_rfc3339;
 
 pub const READING_COLUMNS: [&str; 8] = [
     "device", "point", "time", "value", "unit", "quality", "seq", "source",
@@ -70,6 +71,38 @@ fn csv_cell(cell: &str) -> std::borrow::Cow<'_, str> {
     } else {
         cell.into()
     }
+}
+
+/// An aligned table: the header, then one line per row, cells padded to
+/// their column's width; `(no rows)` when there are none.
+pub fn write_table(
+    out: &mut impl Write,
+    header: &[&str],
+    rows: &[Vec<String>],
+) -> std::io::Result<()> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| -> String {
+        cells
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    writeln!(out, "{}", line(&mut header.iter().copied()))?;
+    for row in rows {
+        writeln!(out, "{}", line(&mut row.iter().map(String::as_str)))?;
+    }
+    if rows.is_empty() {
+        writeln!(out, "(no rows)")?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
-//! `biota-gateway`: the command line. Glue only — parsing arguments,
-//! logging, and calling the library; see `lib.rs` for where things live.
+//! `biota-gateway`: the service (`run`, what systemd starts) and the
+//! operator's commands. Glue only — parsing arguments, logging, and
+//! calling the library; see `lib.rs` for where things live. Developer
+//! tools (the demo, the benchmarks) are the `biota-dev` binary.
 
 mod cli;
 
@@ -7,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use biota_gateway::config::{EXIT_CONFIG, GatewayConfig, SAMPLE_CONFIG};
-use biota_gateway::{EXIT_STORE, Gateway, control, pipeline::StartError, systemd};
+use biota_gateway::gateway::StartError;
+use biota_gateway::{EXIT_STORE, Gateway, Paths, control, logging, systemd};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -42,11 +45,6 @@ enum Command {
     PrintDefaultConfig,
     /// Query stored readings.
     Query(cli::query::QueryArgs),
-    /// Run the gateway on simulated devices in a temporary directory and
-    /// show what it does.
-    Demo(cli::demo::DemoArgs),
-    /// Measure ingest, memory, queries and start-up on this machine.
-    Bench(cli::bench::BenchArgs),
     /// Write a value to a device's point, through the running gateway.
     Write(cli::control::WriteArgs),
     /// Create the gateway's secp256k1 key for anchoring (mode 0600).
@@ -98,7 +96,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG as u8);
                 }
             };
-            init_logging(&config.log.level);
+            logging::init(&config.log.level);
             let state_dir = biota_gateway::config::state_dir(state_dir.as_deref());
             let db_path = config.db_path(&state_dir);
             config.resolve_key_file(&state_dir);
@@ -116,26 +114,18 @@ fn main() -> ExitCode {
         Command::Keygen(args) => exit(cli::anchor::keygen(&args)),
         Command::Proof(args) => exit(cli::anchor::proof(&args)),
         Command::Verify(args) => {
-            init_logging("warn");
+            logging::init("warn");
             exit(runtime().and_then(|rt| rt.block_on(cli::anchor::verify(&args))))
         }
         Command::Audit(args) => {
-            init_logging("warn");
+            logging::init("warn");
             exit(runtime().and_then(|rt| rt.block_on(cli::anchor::audit(&args))))
         }
         Command::Contract(command) => {
-            init_logging("warn");
+            logging::init("warn");
             exit(runtime().and_then(|rt| rt.block_on(cli::anchor::contract(&command))))
         }
         Command::Token(args) => exit(cli::token::run(args).map(|()| ExitCode::SUCCESS)),
-        Command::Demo(args) => {
-            init_logging("warn");
-            exit(runtime().and_then(|rt| rt.block_on(cli::demo::run(args))))
-        }
-        Command::Bench(args) => {
-            init_logging("warn");
-            exit(runtime().and_then(|rt| rt.block_on(cli::bench::run(args))))
-        }
     }
 }
 
@@ -171,57 +161,28 @@ fn exit(result: anyhow::Result<ExitCode>) -> ExitCode {
     }
 }
 
-/// Logs to stderr; under systemd the journal adds timestamps, so we don't.
-fn init_logging(level: &str) {
-    // rumqttd logs routine client behaviour (a client that disconnects
-    // early) as errors: off unless asked for (BIOTA_LOG=info,rumqttd=warn).
-    // The MQTT driver logs what matters itself.
-    let filter = std::env::var("BIOTA_LOG").unwrap_or_else(|_| format!("{level},rumqttd=off"));
-    let targets: tracing_subscriber::filter::Targets = filter.parse().unwrap_or_else(|_| {
-        tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
-    });
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    let registry = tracing_subscriber::registry().with(targets);
-    if journal {
-        registry.with(fmt.without_time().with_ansi(false)).init();
-    } else {
-        registry.with(fmt).init();
-    }
-}
-
-/// `run`: start, signal readiness, run until SIGTERM/SIGINT, drain, exit.
+/// `run`: install the signal handlers, start, signal readiness, run until
+/// SIGTERM/SIGINT, stop in order, exit.
 async fn run(config: GatewayConfig, db_path: PathBuf, state_dir: PathBuf) -> ExitCode {
-    let socket = control::socket_path(&state_dir);
     let shutdown = CancellationToken::new();
-    let mut gateway = match Gateway::start(&config, &db_path, shutdown.clone()).await {
-        Ok(g) => g,
-        Err(e) => return start_failed(&e, &db_path),
+    // Before anything starts: a SIGTERM during a schema migration, or
+    // right after READY, must still drain and commit.
+    tokio::spawn(systemd::stop_on_signal(shutdown.clone()));
+    let paths = Paths {
+        control_socket: Some(control::socket_path(&state_dir)),
+        db: db_path,
+        state_dir,
     };
-    // The API is configured on purpose: if it cannot listen, say so and
-    // stop (as a taken MQTT port does) rather than run without it.
-    if let Err(e) = gateway.serve_api(&config, &db_path, &state_dir) {
-        tracing::error!("cannot start: {e}");
-        shutdown.cancel();
-        let _ = gateway.stopped().await;
-        return ExitCode::FAILURE;
+    let gateway = match Gateway::start(&config, &paths, shutdown.clone()).await {
+        Ok(g) => g,
+        Err(e) => return start_failed(&e, &paths.db),
+    };
+    if shutdown.is_cancelled() {
+        tracing::info!("stopping before readiness: a signal came while starting");
+    } else {
+        systemd::ready(&format!("running, store {}", paths.db.display()));
+        tracing::info!("gateway ready");
     }
-    // Without the socket the gateway still collects data; only the
-    // command line's writes and status are unavailable.
-    if let Err(e) = gateway.serve_control(&socket) {
-        tracing::error!(path = %socket.display(), "control socket unavailable: {e}");
-    }
-    systemd::ready(&format!("running, store {}", db_path.display()));
-    tracing::info!("gateway ready");
-    tokio::spawn(systemd::supervise(
-        gateway.metrics().clone(),
-        shutdown.clone(),
-    ));
-    tokio::spawn(cli::stop_on_signal(shutdown.clone()));
     let metrics = gateway.metrics().clone();
     let report = gateway.stopped().await;
     let snapshot = metrics.snapshot();
@@ -241,15 +202,9 @@ async fn run(config: GatewayConfig, db_path: PathBuf, state_dir: PathBuf) -> Exi
 
 fn start_failed(e: &StartError, db_path: &Path) -> ExitCode {
     tracing::error!(path = %db_path.display(), "cannot start: {e}");
-    match e {
-        StartError::Store(_)
-        | StartError::Anchor(biota_gateway::anchor::AnchorStartError::Store(_)) => {
-            ExitCode::from(EXIT_STORE as u8)
-        }
-        StartError::Thread(_)
-        | StartError::Anchor(_)
-        | StartError::Mqtt(_)
-        | StartError::Coap(_)
-        | StartError::Uplink(_) => ExitCode::FAILURE,
+    if e.is_store() {
+        ExitCode::from(EXIT_STORE as u8)
+    } else {
+        ExitCode::FAILURE
     }
 }

@@ -1,7 +1,8 @@
 //! systemd integration over `$NOTIFY_SOCKET`: `READY=1`, live `STATUS=`,
 //! `STOPPING=1`, and a watchdog that is fed only while the pipeline is
 //! actually moving. Without a notify socket every call is a no-op, so the
-//! same binary runs by hand, in tests and under systemd.
+//! same binary runs by hand, in tests and under systemd. Also the signal
+//! handlers that start the ordered stop.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, Snapshot};
+use crate::service::Service;
 
 /// How often `STATUS=` is refreshed.
 const STATUS_INTERVAL: Duration = Duration::from_secs(2);
@@ -88,9 +90,28 @@ pub async fn keep_starting(what: &str, every: std::time::Duration) -> std::conve
     }
 }
 
-/// Sends `STATUS=` every 2 s and, if systemd enabled the watchdog,
-/// `WATCHDOG=1` every half watchdog interval while [`is_moving`].
-pub async fn supervise(metrics: Arc<Metrics>, shutdown: CancellationToken) {
+/// The watchdog as a service: sends `STATUS=` every 2 s and, if systemd
+/// enabled the watchdog, `WATCHDOG=1` every half watchdog interval while
+/// [`is_moving`].
+pub struct Watchdog {
+    metrics: Arc<Metrics>,
+}
+
+impl Watchdog {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl Service for Watchdog {
+    const NAME: &'static str = "watchdog";
+
+    async fn run(self, shutdown: CancellationToken) {
+        supervise(self.metrics, shutdown).await;
+    }
+}
+
+async fn supervise(metrics: Arc<Metrics>, shutdown: CancellationToken) {
     let watchdog = sd_notify::watchdog_enabled();
     let tick = watchdog.map_or(STATUS_INTERVAL, |w| (w / 2).min(STATUS_INTERVAL));
     let mut earlier = metrics.snapshot();
@@ -123,6 +144,36 @@ pub async fn supervise(metrics: Arc<Metrics>, shutdown: CancellationToken) {
             notify(&[NotifyState::Status(&status_line(&now, &last_status))]);
             last_status = now;
         }
+    }
+}
+
+/// Installs SIGTERM/SIGINT handlers now (so a signal that comes while the
+/// gateway starts — during a schema migration, or right after READY — is
+/// not lost) and returns the future that, once spawned, cancels
+/// `shutdown` on the first of them, telling systemd we stop. Call it
+/// inside the runtime, before starting anything.
+pub fn stop_on_signal(shutdown: CancellationToken) -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let handlers = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::error!("cannot install signal handlers; stop the gateway with SIGKILL");
+            return;
+        };
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            () = shutdown.cancelled() => return,
+        };
+        tracing::info!(
+            signal = name,
+            "shutting down: stopping drivers, committing what is in flight"
+        );
+        stopping();
+        shutdown.cancel();
     }
 }
 

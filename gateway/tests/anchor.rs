@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use biota_gateway::anchor::audit::audit;
 use biota_gateway::anchor::batch::{Batches, Sealer};
+use biota_gateway::anchor::config::AnchorConfig;
 use biota_gateway::anchor::merkle;
 use biota_gateway::anchor::proof::{self, ProofBundle, TreeCache};
-use biota_gateway::config::{AnchorConfig, StoreConfig, Synchronous};
 use biota_gateway::metrics::Metrics;
+use biota_gateway::store::config::{StoreConfig, Synchronous};
 use biota_gateway::store::{StoreReader, StoreWriter};
 use biota_gateway::{Quality, Reading, Value};
 

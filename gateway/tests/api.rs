@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use biota_drivers::modbus::simulator::SimulatedPlc;
+use biota_devkit::http_client::Client;
+use biota_devkit::modbus_plc::SimulatedPlc;
 use biota_gateway::api::auth::hash;
-use biota_gateway::api::client::Client;
-use biota_gateway::{Gateway, GatewayConfig};
+use biota_gateway::{Gateway, GatewayConfig, Paths};
 use http_body_util::BodyExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -87,13 +87,10 @@ tokens = [
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("gateway.db");
         let shutdown = CancellationToken::new();
-        let mut gateway = Gateway::start(&config, &db, shutdown.clone())
+        let gateway = Gateway::start(&config, &Paths::for_db(&db), shutdown.clone())
             .await
             .expect("start");
-        let address = gateway
-            .serve_api(&config, &db, dir.path())
-            .expect("api")
-            .expect("configured");
+        let address = gateway.api_address().expect("configured");
         let harness = Self {
             address,
             shutdown,
@@ -703,11 +700,9 @@ async fn a_taken_port_fails_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("gateway.db");
     let shutdown = CancellationToken::new();
-    let mut gateway = Gateway::start(&config, &db, shutdown.clone())
-        .await
-        .unwrap();
-    let err = gateway.serve_api(&config, &db, dir.path()).unwrap_err();
+    let err = match Gateway::start(&config, &Paths::for_db(&db), shutdown.clone()).await {
+        Ok(_) => panic!("a taken API port must fail the start"),
+        Err(e) => e,
+    };
     assert!(err.to_string().contains("cannot listen"), "{err}");
-    shutdown.cancel();
-    gateway.stopped().await;
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use biota_gateway::{Gateway, GatewayConfig};
+use biota_gateway::{Gateway, GatewayConfig, Paths};
 use tokio_util::sync::CancellationToken;
 
 fn config(extra: &str) -> GatewayConfig {
@@ -42,7 +42,7 @@ async fn shutdown_commits_everything_accepted() {
     let shutdown = CancellationToken::new();
     let gateway = Gateway::start(
         &config("[store]\ncommit_max_delay = \"200ms\""),
-        &db,
+        &Paths::for_db(&db),
         shutdown.clone(),
     )
     .await
@@ -79,7 +79,7 @@ async fn a_stalled_writer_applies_backpressure_not_memory_growth() {
     let db = dir.path().join("gateway.db");
     let shutdown = CancellationToken::new();
     let config = config("[store]\ncommit_max_readings = 2000\n[pipeline]\nqueue_capacity = 4");
-    let gateway = Gateway::start(&config, &db, shutdown.clone())
+    let gateway = Gateway::start(&config, &Paths::for_db(&db), shutdown.clone())
         .await
         .expect("start");
     let metrics = gateway.metrics().clone();
@@ -137,7 +137,7 @@ async fn seq_continues_across_restarts_of_the_pipeline() {
     let mut total = 0;
     for _ in 0..3 {
         let shutdown = CancellationToken::new();
-        let gateway = Gateway::start(&config(""), &db, shutdown.clone())
+        let gateway = Gateway::start(&config(""), &Paths::for_db(&db), shutdown.clone())
             .await
             .expect("start");
         let metrics = gateway.metrics().clone();
@@ -156,7 +156,7 @@ async fn a_gateway_without_drivers_keeps_running_until_shutdown() {
     let db = dir.path().join("gateway.db");
     let shutdown = CancellationToken::new();
     let config = GatewayConfig::from_toml(Path::new("empty.toml"), "").expect("valid");
-    let gateway = Gateway::start(&config, &db, shutdown.clone())
+    let gateway = Gateway::start(&config, &Paths::for_db(&db), shutdown.clone())
         .await
         .expect("start");
     let metrics = gateway.metrics().clone();
@@ -180,7 +180,7 @@ async fn the_wal_stays_bounded_under_sustained_ingest() {
     let wal = dir.path().join("gateway.db-wal");
     let shutdown = CancellationToken::new();
     let config = config("[store]\nwal_max_size = \"1MiB\"\nsynchronous = \"normal\"");
-    let gateway = Gateway::start(&config, &db, shutdown.clone())
+    let gateway = Gateway::start(&config, &Paths::for_db(&db), shutdown.clone())
         .await
         .expect("start");
     let metrics = gateway.metrics().clone();
@@ -247,7 +247,7 @@ points = [{ name = "p", copies = 10, waveform = "counter", rate = 1000 }]
 "#;
     let config = GatewayConfig::from_toml(Path::new("test.toml"), text).expect("valid");
     let shutdown = CancellationToken::new();
-    let gateway = Gateway::start(&config, &db, shutdown.clone())
+    let gateway = Gateway::start(&config, &Paths::for_db(&db), shutdown.clone())
         .await
         .expect("start");
     let metrics = gateway.metrics().clone();
@@ -297,7 +297,7 @@ async fn a_driver_hears_when_its_batch_is_durably_stored() {
         "[store]\ncommit_max_delay = \"200ms\"\n",
     )
     .expect("valid");
-    let gateway = Gateway::start(&config, &db, shutdown.clone())
+    let gateway = Gateway::start(&config, &Paths::for_db(&db), shutdown.clone())
         .await
         .expect("start");
     let sink = gateway.sample_sink().expect("a sink");
@@ -311,7 +311,7 @@ async fn a_driver_hears_when_its_batch_is_durably_stored() {
     };
     let batch = |samples: Vec<Sample>, notice: CommitNotice| SampleBatch {
         source: "coap://test".into(),
-        received_at: biota_drivers::now_ns(),
+        received_at: biota_common::time::now_ns(),
         samples,
         profile: None,
         notice: Some(notice),

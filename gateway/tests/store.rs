@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use biota_gateway::config::{RetentionConfig, StoreConfig, Synchronous};
 use biota_gateway::metrics::Metrics;
+use biota_gateway::store::config::{RetentionConfig, StoreConfig, Synchronous};
 use biota_gateway::store::query::{AFTER_SEQ_SQL, AGGREGATE_SQL, LATEST_SQL, RANGE_SQL};
 use biota_gateway::store::{Cursor, StoreReader, StoreWriter};
 use biota_gateway::{Quality, Reading, Value};

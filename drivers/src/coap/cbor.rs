@@ -131,7 +131,7 @@ impl Reader<'_> {
                         std::str::from_utf8(raw).map_err(|_| err("text is not UTF-8", start))?;
                     Ok(Value::String(text.to_owned()))
                 } else {
-                    Ok(Value::String(crate::base64url::encode(raw)))
+                    Ok(Value::String(crate::payload::decode::base64url_encode(raw)))
                 }
             }
             4 => {

@@ -5,8 +5,10 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
-use crate::mqtt::topic::TopicPattern;
-use crate::{ConfigError, DeviceBinding};
+use crate::payload::topic::TopicPattern;
+use biota_common::config::{ConfigError, Validate};
+
+use crate::DeviceBinding;
 
 /// `[drivers.coap]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -101,8 +103,8 @@ fn default_dedup_entries() -> usize {
     10_000
 }
 
-impl CoapConfig {
-    pub(crate) fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
+impl Validate for CoapConfig {
+    fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
         let mut err =
             |key_path: String, reason: String| errors.push(ConfigError { key_path, reason });
         if self.listen.is_empty() {
@@ -137,7 +139,7 @@ impl CoapConfig {
                     format!("`{}` does not start with /", o.path),
                 );
             }
-            if let Err(e) = crate::mqtt::topic::TopicPattern::parse(o.path.trim_start_matches('/'))
+            if let Err(e) = crate::payload::topic::TopicPattern::parse(o.path.trim_start_matches('/'))
             {
                 err(format!("{key}.path"), e.0);
             }
@@ -172,8 +174,11 @@ impl CoapConfig {
             }
         }
     }
+}
 
-    fn bindings(&self, path: &str) -> (Vec<DeviceBinding>, Vec<(String, String)>) {
+impl CoapConfig {
+
+    pub(crate) fn bindings(&self, path: &str) -> (Vec<DeviceBinding>, Vec<(String, String)>) {
         let entries = self
             .resources
             .iter()
@@ -187,13 +192,4 @@ impl CoapConfig {
         (devices, profiles)
     }
 
-    /// Devices the resources fix.
-    pub(crate) fn devices(&self, path: &str) -> Vec<DeviceBinding> {
-        self.bindings(path).0
-    }
-
-    /// Profiles of resources whose devices are known at run time.
-    pub(crate) fn profiles(&self, path: &str) -> Vec<(String, String)> {
-        self.bindings(path).1
-    }
 }

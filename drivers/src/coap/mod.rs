@@ -6,7 +6,6 @@
 //! - [`cbor`]: SenML CBOR packs.
 //! - [`observe`]: the Observe client (RFC 7641) for devices serving
 //!   their own resources.
-//! - [`simulator`]: a simulated sensor posting packs (the demo).
 //!
 //! **Durable acknowledgement.** A request's readings go into the pipeline
 //! with a [`crate::CommitNotice`]; the answer (2.04 Changed) is sent only
@@ -35,7 +34,6 @@
 pub mod cbor;
 pub mod config;
 pub mod observe;
-pub mod simulator;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -52,9 +50,15 @@ use tokio_util::sync::CancellationToken;
 pub use config::CoapConfig;
 use config::ResourceConfig;
 
-use crate::mqtt::decode::{self, DecodeError, Decoded, JsonLayout};
-use crate::mqtt::topic::TopicPattern;
-use crate::{CommitNotice, CommitOutcome, Sample, SampleBatch, SampleQuality, SampleSink, now_ns};
+use crate::payload::decode::{self, DecodeError, Decoded, JsonLayout};
+use crate::payload::topic::TopicPattern;
+use biota_common::time::now_ns;
+use biota_common::telemetry::{MetricKind, MetricSet, Telemetry};
+
+use crate::component::{BoxError, BuildContext, Component, DriverConfig};
+use crate::{
+    CommitNotice, CommitOutcome, DeviceBinding, Sample, SampleBatch, SampleQuality, SampleSink,
+};
 
 /// RFC 7252 §4.8.2.
 const EXCHANGE_LIFETIME: Duration = Duration::from_secs(247);
@@ -121,6 +125,55 @@ impl CoapStats {
             "duplicates": self.duplicates.load(Relaxed),
             "notifications": self.notifications.load(Relaxed),
             "rejected": self.rejected(),
+        })
+    }
+}
+
+impl Telemetry for CoapStats {
+    fn status(&self) -> serde_json::Value {
+        self.to_json()
+    }
+
+    fn metrics(&self, out: &mut MetricSet) {
+        let rejected = out.family(
+            "coap_rejected_total",
+            MetricKind::Counter,
+            "CoAP requests rejected, by reason.",
+        );
+        for (reason, count) in self.rejected() {
+            rejected.sample(&[("reason", reason)], count);
+        }
+        for (field, counter) in [
+            ("datagrams", &self.datagrams),
+            ("stored", &self.stored),
+            ("readings", &self.readings),
+            ("duplicates", &self.duplicates),
+            ("notifications", &self.notifications),
+        ] {
+            out.counter(
+                &format!("coap_{field}_total"),
+                &format!("CoAP {field}."),
+                counter.load(Relaxed),
+            );
+        }
+    }
+}
+
+impl DriverConfig for CoapConfig {
+    fn devices(&self, path: &str) -> Vec<DeviceBinding> {
+        self.bindings(path).0
+    }
+
+    fn dynamic_profiles(&self, path: &str) -> Vec<(String, String)> {
+        self.bindings(path).1
+    }
+
+    fn build(&self, context: BuildContext) -> Result<Component, BoxError> {
+        let driver = CoapDriver::start(self.clone(), context.sink)?;
+        let telemetry = driver.stats();
+        Ok(Component {
+            telemetry: Some(telemetry),
+            ..Component::task(driver.run(context.shutdown))
         })
     }
 }

@@ -25,7 +25,8 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 use super::{CoapStats, decode_by_format};
-use crate::{Sample, SampleBatch, SampleQuality, SampleSink, now_ns};
+use biota_common::time::now_ns;
+use crate::{Sample, SampleBatch, SampleQuality, SampleSink};
 
 /// `[[drivers.coap.observe]]`: a device resource to observe.
 #[derive(Debug, Clone, Deserialize)]
@@ -45,11 +46,11 @@ pub struct ObserveConfig {
     pub profile: Option<String>,
     /// Added to Max-Age before a silent resource is registered again.
     /// Default: `5s`.
-    #[serde(default = "default_grace", with = "crate::duration::serde_duration")]
+    #[serde(default = "default_grace", with = "biota_common::time::serde_duration")]
     pub grace: Duration,
     /// Wait before registering again after a registration got no answer.
     /// Default: `10s`.
-    #[serde(default = "default_retry", with = "crate::duration::serde_duration")]
+    #[serde(default = "default_retry", with = "biota_common::time::serde_duration")]
     pub retry: Duration,
 }
 

@@ -18,8 +18,10 @@ use super::plan::{Area, MAX_READ_REGISTERS};
 
 /// Registers one "write multiple registers" (16) request carries.
 pub const MAX_WRITE_REGISTERS: u16 = 123;
-use crate::duration::serde_duration;
-use crate::{ConfigError, DeviceBinding};
+use biota_common::time::serde_duration;
+use biota_common::config::{ConfigError, HostPort, Parsed, Validate};
+
+use crate::DeviceBinding;
 
 /// `[drivers.modbus]`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -42,7 +44,7 @@ pub struct ModbusConfig {
 #[serde(deny_unknown_fields)]
 pub struct TcpConnectionConfig {
     /// `host:port`, e.g. `10.0.0.5:502`.
-    pub address: String,
+    pub address: Parsed<HostPort>,
     /// How long one request may take. Default: `1s`.
     #[serde(default = "default_tcp_timeout", with = "serde_duration")]
     pub timeout: Duration,
@@ -223,10 +225,8 @@ fn default_interval() -> Duration {
     Duration::from_secs(1)
 }
 
-impl ModbusConfig {
-    /// Checks what serde cannot: areas and types, overlaps, register counts,
-    /// unit ids, serial settings, map references.
-    pub fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
+impl Validate for ModbusConfig {
+    fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
         let mut err =
             |key_path: String, reason: String| errors.push(ConfigError { key_path, reason });
         for (name, map) in &self.maps {
@@ -274,11 +274,7 @@ impl ModbusConfig {
         };
         for (c, tcp) in self.tcp.iter().enumerate() {
             let cpath = format!("{path}.tcp[{c}]");
-            if !tcp
-                .address
-                .rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
-            {
+            if tcp.address.value().is_none() {
                 err(
                     format!("{cpath}.address"),
                     format!("`{}` is not host:port (e.g. 10.0.0.5:502)", tcp.address),
@@ -331,9 +327,12 @@ impl ModbusConfig {
             unit_check(&bpath, &bus.devices, true, &mut err);
         }
     }
+}
+
+impl ModbusConfig {
 
     /// Every configured device, for profile binding.
-    pub fn devices(&self, path: &str) -> Vec<DeviceBinding> {
+    pub(crate) fn device_bindings(&self, path: &str) -> Vec<DeviceBinding> {
         let tcp = self.tcp.iter().enumerate().flat_map(|(c, t)| {
             t.devices
                 .iter()
@@ -540,7 +539,7 @@ points = [{ name = "serial", area = "input_register", address = 100, type = "str
         assert_eq!(errors(GOOD), Vec::<(String, String)>::new());
         let config: ModbusConfig = toml::from_str(GOOD).expect("parses");
         let devices: Vec<(String, Option<String>)> = config
-            .devices("modbus")
+            .device_bindings("modbus")
             .into_iter()
             .map(|b| (b.device, b.profile))
             .collect();

@@ -6,7 +6,6 @@
 //! - [`plan`]: coalescing reads, splitting rejected ones.
 //! - `poll`: polling one device (reads, splits, decoding, quality).
 //! - `tcp`: one task per TCP connection; `rtu`: one task per serial bus.
-//! - [`simulator`]: a simulated PLC for the demo and the benchmark.
 //!
 //! Writes arrive on each link's command queue ([`crate::command`]) and run
 //! between polls, so a bus never sees two transactions at once.
@@ -16,7 +15,6 @@ pub mod config;
 pub mod plan;
 mod poll;
 mod rtu;
-pub mod simulator;
 mod tcp;
 
 pub use config::ModbusConfig;
@@ -26,9 +24,26 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::SampleSink;
+use crate::component::{BoxError, BuildContext, Component, DriverConfig};
+use crate::{DeviceBinding, SampleSink};
 use crate::command::{CommandReceiver, CommandSender, command_channel};
 use crate::stats::DeviceStats;
+
+impl DriverConfig for ModbusConfig {
+    fn devices(&self, path: &str) -> Vec<DeviceBinding> {
+        self.device_bindings(path)
+    }
+
+    fn build(&self, context: BuildContext) -> Result<Component, BoxError> {
+        let driver = ModbusDriver::new(self.clone(), context.sink);
+        let (devices, writers) = (driver.stats(), driver.command_senders());
+        Ok(Component {
+            devices,
+            writers,
+            ..Component::task(driver.run(context.shutdown))
+        })
+    }
+}
 
 /// The Modbus driver: one task per TCP connection and per serial bus.
 pub struct ModbusDriver {

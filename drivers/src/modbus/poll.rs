@@ -17,9 +17,10 @@ use tokio_util::sync::CancellationToken;
 use super::codec::{self, DataType, Order};
 use super::config::{ModbusDeviceConfig, RegisterMap};
 use super::plan::{self, Area, Limits, ReadRequest, Span, Split};
-use crate::command::{CommandReceiver, WriteError, WriteReport, WriteRequest};
+use crate::command::{CommandReceiver, Sent, WriteError, WriteReport, WriteRequest};
 use crate::stats::{DeviceState, DeviceStats};
-use crate::{RawValue, Sample, SampleBatch, SampleQuality, SampleSink, now_ns};
+use biota_common::time::now_ns;
+use crate::{RawValue, Sample, SampleBatch, SampleQuality, SampleSink};
 
 /// One point, ready to decode.
 struct PointRt {
@@ -300,7 +301,7 @@ impl DeviceRt {
             } else {
                 format!("{} {address}", span.area.as_str())
             },
-            words: words.clone(),
+            sent: sent_as(span.area, &words),
             verified: false,
         };
         if let Err(failure) = sent {
@@ -349,8 +350,8 @@ impl DeviceRt {
             if read != words {
                 let error = WriteError::Mismatch {
                     point: request.point.clone(),
-                    wrote: words,
-                    read,
+                    wrote: sent_as(span.area, &words),
+                    read: sent_as(span.area, &read),
                 };
                 return (Err(error), Some(Outcome::Answered));
             }
@@ -782,3 +783,12 @@ pub(crate) async fn send(
     }
     true
 }
+/// Words of an area as they went on the wire: coils as bits.
+fn sent_as(area: Area, words: &[u16]) -> Sent {
+    if area == Area::Coil {
+        Sent::Bits(words.iter().map(|w| *w != 0).collect())
+    } else {
+        Sent::Registers(words.to_vec())
+    }
+}
+

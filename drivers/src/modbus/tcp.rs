@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 use super::config::{ModbusConfig, TcpConnectionConfig};
 use super::poll::{Commands, DeviceRt, Outcome, Wire, link_down, refuse_offline, send, step};
 use crate::command::CommandReceiver;
-use crate::{SampleSink, now_ns};
+use biota_common::config::HostPort;
+use biota_common::time::now_ns;
+use crate::SampleSink;
 
 /// Polls one TCP connection until shutdown.
 pub(crate) struct TcpConnection {
@@ -49,7 +51,7 @@ impl TcpConnection {
         let mut delay = self.config.reconnect_min;
         loop {
             let ctx = {
-                let connect = connect(&self.config.address, self.config.timeout);
+                let connect = connect(self.config.address.value(), self.config.timeout);
                 tokio::pin!(connect);
                 loop {
                     tokio::select! {
@@ -111,9 +113,11 @@ impl TcpConnection {
 }
 
 /// Resolves and connects, both within the request timeout.
-async fn connect(address: &str, timeout: Duration) -> std::io::Result<Context> {
+async fn connect(address: Option<&HostPort>, timeout: Duration) -> std::io::Result<Context> {
+    // Validation refuses a configuration whose address does not parse.
+    let address = address.ok_or_else(|| std::io::Error::other("the address is not host:port"))?;
     let attempt = async {
-        let addr: SocketAddr = tokio::net::lookup_host(address)
+        let addr: SocketAddr = tokio::net::lookup_host((address.host.as_str(), address.port))
             .await?
             .next()
             .ok_or_else(|| std::io::Error::other(format!("{address} resolves to no address")))?;

@@ -6,9 +6,11 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
-use super::decode::{JsonLayout, TimeUnit};
-use super::topic::TopicPattern;
-use crate::{ConfigError, DeviceBinding};
+use crate::payload::decode::{JsonLayout, TimeUnit};
+use crate::payload::topic::TopicPattern;
+use biota_common::config::{ConfigError, HostPort, Parsed, Validate};
+
+use crate::DeviceBinding;
 
 /// `[drivers.mqtt]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -32,7 +34,7 @@ pub struct MqttConfig {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// `host:port`.
-    pub broker: String,
+    pub broker: Parsed<HostPort>,
     /// MQTT client id. Default: `biota-gateway-upstream-<n>` (n: its index).
     #[serde(default)]
     pub client_id: Option<String>,
@@ -48,17 +50,17 @@ pub struct UpstreamConfig {
     pub qos: u8,
     /// TLS to the broker (`ca`, optionally `cert` and `key`). Default: plain.
     #[serde(default)]
-    pub tls: Option<super::tls::ClientTls>,
+    pub tls: Option<biota_common::tls::ClientTls>,
     /// First reconnect delay, doubling up to `reconnect_max`. Default: `1s`.
     #[serde(
         default = "default_reconnect_min",
-        with = "crate::duration::serde_duration"
+        with = "biota_common::time::serde_duration"
     )]
     pub reconnect_min: std::time::Duration,
     /// Default: `60s`.
     #[serde(
         default = "default_reconnect_max",
-        with = "crate::duration::serde_duration"
+        with = "biota_common::time::serde_duration"
     )]
     pub reconnect_max: std::time::Duration,
 }
@@ -187,8 +189,8 @@ impl RuleConfig {
     }
 }
 
-impl MqttConfig {
-    pub(crate) fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
+impl Validate for MqttConfig {
+    fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
         let mut err =
             |key_path: String, reason: String| errors.push(ConfigError { key_path, reason });
         let broker = &self.broker;
@@ -214,17 +216,13 @@ impl MqttConfig {
         }
         for (i, up) in self.upstream.iter().enumerate() {
             let key = format!("{path}.upstream[{i}]");
-            if up
-                .broker
-                .rsplit_once(':')
-                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
-            {
+            if up.broker.value().is_none() {
                 err(
                     format!("{key}.broker"),
                     format!("`{}` is not host:port", up.broker),
                 );
             }
-            if let Some(Err(e)) = up.tls.as_ref().map(super::tls::ClientTls::validate) {
+            if let Some(Err(e)) = up.tls.as_ref().map(biota_common::tls::ClientTls::validate) {
                 err(format!("{key}.tls"), e);
             }
             if up.qos > 1 {
@@ -334,8 +332,11 @@ impl MqttConfig {
             }
         }
     }
+}
 
-    fn bindings(&self, path: &str) -> (Vec<DeviceBinding>, Vec<(String, String)>) {
+impl MqttConfig {
+
+    pub(crate) fn bindings(&self, path: &str) -> (Vec<DeviceBinding>, Vec<(String, String)>) {
         let entries = self
             .rules
             .iter()
@@ -343,15 +344,6 @@ impl MqttConfig {
         crate::entry_bindings(path, "rules", entries)
     }
 
-    /// Devices the rules fix (captured ones are only known when they publish).
-    pub(crate) fn devices(&self, path: &str) -> Vec<DeviceBinding> {
-        self.bindings(path).0
-    }
-
-    /// Profiles of the rules whose devices come from topics or payloads.
-    pub(crate) fn profiles(&self, path: &str) -> Vec<(String, String)> {
-        self.bindings(path).1
-    }
 }
 
 #[cfg(test)]

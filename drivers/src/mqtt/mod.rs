@@ -2,12 +2,10 @@
 //! that turn messages on matching topics into samples.
 //!
 //! - [`config`]: the broker's listener and limits, the rules.
-//! - [`topic`]: topic patterns with `{device}`/`{point}` captures.
-//! - [`decode`]: payload decoders (plain, JSON, SenML).
+//! - payloads (plain, JSON, SenML) and topic patterns: [`crate::payload`].
 //! - [`sparkplug`]: Sparkplug B topics, payloads and edge-node sessions.
-//! - [`simulator`]: simulated devices publishing over MQTT (the demo).
 //! - [`upstream`]: subscriptions to external brokers, same rules.
-//! - [`tls`]: the broker's TLS listener and the clients' TLS.
+//! - [`tls`]: the broker's TLS listener (certificates: `biota_common::tls`).
 //!
 //! The broker runs on its own thread (`mqtt-broker`, with rumqttd's own
 //! runtimes); the driver reads from it through an in-process link, no
@@ -18,11 +16,8 @@
 //! broker and the gateway carry on.
 
 pub mod config;
-pub mod decode;
-pub mod simulator;
 pub mod sparkplug;
 pub mod tls;
-pub mod topic;
 pub mod upstream;
 
 use std::collections::{BTreeMap, HashMap};
@@ -34,11 +29,15 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::MqttConfig;
 use config::{Format, RuleConfig};
-use decode::{DecodeError, Decoded, JsonLayout};
+use crate::payload::decode::{self, DecodeError, Decoded, JsonLayout};
 use sparkplug::Sparkplug;
-use topic::TopicPattern;
+use crate::payload::topic::TopicPattern;
 
-use crate::{Sample, SampleBatch, SampleQuality, SampleSink, now_ns};
+use biota_common::time::now_ns;
+use biota_common::telemetry::{MetricKind, MetricSet, Telemetry};
+
+use crate::component::{BoxError, BuildContext, Component, DriverConfig};
+use crate::{DeviceBinding, Sample, SampleBatch, SampleQuality, SampleSink};
 
 /// Distinct (topic, reason) pairs counted before further topics are
 /// counted together, so that a flood of random topics cannot grow memory.
@@ -58,7 +57,7 @@ pub enum MqttError {
     #[error("the MQTT broker cannot start: {0}")]
     Broker(String),
     #[error(transparent)]
-    Tls(#[from] tls::TlsError),
+    Tls(#[from] biota_common::tls::TlsError),
 }
 
 /// Counters of the MQTT driver.
@@ -133,6 +132,53 @@ impl MqttStats {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+}
+
+impl Telemetry for MqttStats {
+    fn status(&self) -> serde_json::Value {
+        self.to_json()
+    }
+
+    fn metrics(&self, out: &mut MetricSet) {
+        let rejected = out.family(
+            "mqtt_rejected_total",
+            MetricKind::Counter,
+            "MQTT messages rejected, by topic and reason.",
+        );
+        for ((topic, reason), count) in self.rejected() {
+            rejected.sample(&[("topic", &topic), ("reason", reason)], count);
+        }
+        for (field, counter) in [
+            ("messages", &self.messages),
+            ("unmatched", &self.unmatched),
+            ("samples", &self.samples),
+        ] {
+            out.counter(
+                &format!("mqtt_{field}_total"),
+                &format!("MQTT {field}."),
+                counter.load(Relaxed),
+            );
+        }
+    }
+}
+
+impl DriverConfig for MqttConfig {
+    fn devices(&self, path: &str) -> Vec<DeviceBinding> {
+        self.bindings(path).0
+    }
+
+    fn dynamic_profiles(&self, path: &str) -> Vec<(String, String)> {
+        self.bindings(path).1
+    }
+
+    fn build(&self, context: BuildContext) -> Result<Component, BoxError> {
+        let driver = MqttDriver::start(self.clone(), context.sink)?;
+        let telemetry = driver.stats();
+        Ok(Component {
+            telemetry: Some(telemetry),
+            ..Component::task(driver.run(context.shutdown))
+        })
     }
 }
 

@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use prost::Message as _;
 
-use super::decode::DecodeError;
+use crate::payload::decode::DecodeError;
 use crate::{RawValue, Sample, SampleQuality};
 
 /// Edge nodes tracked at most; a message of a further node is rejected

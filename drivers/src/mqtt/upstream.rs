@@ -14,8 +14,9 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 
 use super::config::{RuleConfig, UpstreamConfig};
-use super::{Mapper, MqttStats};
-use crate::{SampleSink, now_ns};
+use super::{Mapper, MqttStats, tls};
+use biota_common::time::now_ns;
+use crate::SampleSink;
 
 /// Subscribes to `config`'s broker and maps its messages until `shutdown`.
 pub async fn run(
@@ -26,10 +27,12 @@ pub async fn run(
     sink: SampleSink,
     shutdown: CancellationToken,
 ) {
-    let (host, port) = match config.broker.rsplit_once(':') {
-        Some((h, p)) => (h.to_owned(), p.parse().unwrap_or(1883)),
-        None => (config.broker.clone(), 1883),
+    // Validation refuses a configuration whose broker does not parse.
+    let Some(broker) = config.broker.value() else {
+        tracing::error!(broker = %config.broker, "upstream MQTT disabled: not host:port");
+        return;
     };
+    let (host, port) = (broker.host.clone(), broker.port);
     let client_id = config
         .client_id
         .clone()
@@ -42,7 +45,7 @@ pub async fn run(
         options.set_credentials(user, config.password.as_deref().unwrap_or(""));
     }
     if let Some(tls) = &config.tls {
-        match tls.transport() {
+        match tls::transport(tls) {
             Ok(transport) => {
                 options.set_transport(transport);
             }

@@ -4,7 +4,9 @@ use std::collections::HashSet;
 
 use serde::Deserialize;
 
-use crate::{ConfigError, DeviceBinding};
+use biota_common::config::{ConfigError, Validate};
+
+use crate::DeviceBinding;
 
 /// Highest rate one simulated point may have, in samples per second.
 pub const MAX_POINT_RATE: f64 = 2_000_000.0;
@@ -128,8 +130,8 @@ pub(crate) fn copy_name(name: &str, copies: u32, index: u32) -> String {
     }
 }
 
-impl SimConfig {
-    pub(crate) fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
+impl Validate for SimConfig {
+    fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
         let mut err =
             |key_path: String, reason: String| errors.push(ConfigError { key_path, reason });
         if self.max_batch == 0 || self.max_batch > 65_536 {
@@ -254,8 +256,11 @@ impl SimConfig {
             }
         }
     }
+}
 
-    pub(crate) fn devices(&self, path: &str) -> Vec<DeviceBinding> {
+impl SimConfig {
+    /// Every device (copies included) with its profile and key path.
+    pub(crate) fn device_bindings(&self, path: &str) -> Vec<DeviceBinding> {
         let mut out = Vec::new();
         for (d, device) in self.devices.iter().enumerate() {
             for c in 0..device.copies.min(MAX_COPIES) {

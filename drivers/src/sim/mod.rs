@@ -24,12 +24,25 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::{RawValue, Sample, SampleBatch, SampleQuality, SampleSink, now_ns};
+use biota_common::time::now_ns;
+use crate::component::{BoxError, BuildContext, Component, DriverConfig};
+use crate::{DeviceBinding, RawValue, Sample, SampleBatch, SampleQuality, SampleSink};
 use config::copy_name;
 
 /// Shortest sleep between wake-ups: high-rate points are emitted in
 /// batches rather than one wake-up per sample.
 const MIN_TICK: Duration = Duration::from_millis(2);
+
+impl DriverConfig for SimConfig {
+    fn devices(&self, path: &str) -> Vec<DeviceBinding> {
+        self.device_bindings(path)
+    }
+
+    fn build(&self, context: BuildContext) -> Result<Component, BoxError> {
+        let driver = SimDriver::new(self.clone(), context.sink);
+        Ok(Component::task(driver.run(context.shutdown)))
+    }
+}
 
 /// The simulated-devices driver: one task per device.
 pub struct SimDriver {
@@ -274,7 +287,9 @@ mod tests {
 
     fn config(text: &str) -> DriversConfig {
         let config: DriversConfig = toml::from_str(text).expect("valid test config");
-        config.validate("").expect("valid test config");
+        let mut errors = Vec::new();
+        config.validate("", &mut errors);
+        assert_eq!(errors, [], "valid test config");
         config
     }
 
@@ -394,7 +409,8 @@ mod tests {
             "#,
         )
         .expect("parses");
-        let errors = config.validate("").expect_err("invalid");
+        let mut errors = Vec::new();
+        config.validate("", &mut errors);
         let paths: Vec<_> = errors.iter().map(|e| e.key_path.as_str()).collect();
         assert_eq!(
             paths,

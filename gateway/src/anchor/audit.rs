@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::batch::{Batch, Batches};
 use super::merkle;
-use crate::cdm::{Reading, hex};
+use crate::cdm::Reading;
 use crate::store::{StoreError, StoreReader};
 
 /// One thing that is not as it was sealed.
@@ -169,8 +169,8 @@ pub fn audit(reader: &StoreReader) -> Result<AuditReport, StoreError> {
                                         "{} at seq {seq}: the stored reading hashes to 0x{}, \
                                          the sealed leaf is 0x{}",
                                         r.name(),
-                                        hex(&reading.leaf_hash()),
-                                        hex(sealed)
+                                        alloy::hex::encode(reading.leaf_hash()),
+                                        alloy::hex::encode(sealed)
                                     ),
                                 },
                             ),

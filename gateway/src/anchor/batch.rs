@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior};
 use serde::Serialize;
 
+use super::config::AnchorConfig;
 use super::merkle::{self, Hash};
-use crate::cdm::{hex, keccak256};
-use crate::config::AnchorConfig;
+use crate::cdm::keccak256;
 use crate::store::{StoreError, StoreReader, sql_err};
 
 /// Domain byte of a batch hash (leaves are 0x00, nodes 0x01).
@@ -54,7 +54,7 @@ pub struct Batch {
 }
 
 fn ser_hex<S: serde::Serializer, B: AsRef<[u8]>>(b: &B, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format!("0x{}", hex(b.as_ref())))
+    s.serialize_str(&alloy::hex::encode_prefixed(b.as_ref()))
 }
 
 /// keccak256(0x02 ‖ index ‖ first_seq ‖ last_seq ‖ count ‖ root ‖ prev_hash).
@@ -275,7 +275,7 @@ impl Sealer {
     pub fn open(
         path: &Path,
         config: &AnchorConfig,
-        synchronous: crate::config::Synchronous,
+        synchronous: crate::store::config::Synchronous,
     ) -> Result<Self, StoreError> {
         let conn = crate::store::schema::open_side_writer(path, synchronous)?;
         let reader = StoreReader::open(path)?;
@@ -379,7 +379,7 @@ impl Sealer {
         let last = first + count - 1;
         let root = merkle::root(&self.pending).expect("pending is not empty");
         let hash = batch_hash(self.next_index, first, last, &root, &self.prev_hash);
-        let now = crate::time::now_ns();
+        let now = biota_common::time::now_ns();
         let path = &self.path;
         let tx = self
             .conn
@@ -409,7 +409,7 @@ impl Sealer {
             index = self.next_index,
             first_seq = first,
             last_seq = last,
-            root = %format!("0x{}", hex(&root)),
+            root = %alloy::hex::encode_prefixed(root),
             "sealed a batch"
         );
         self.next_index += 1;

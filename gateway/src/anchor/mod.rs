@@ -1,11 +1,14 @@
 //! On-chain anchoring (`docs/anchoring.md`).
 //!
+//! - [`config`]: `[anchor]` and `[anchor.evm]`.
 //! - [`merkle`]: the batch tree, proofs and their check.
 //! - [`batch`]: batches, their table and the [`batch::Sealer`].
 //! - [`proof`]: proof bundles and their offline check.
 //! - [`audit`]: recomputing every batch from the database.
 //! - [`chain`]: the EVM backend (alloy): anchoring, confirmations, and
 //!   the on-chain half of `verify`.
+//! - here: [`Anchoring`], the two services (the sealer, the anchorer)
+//!   built from the configuration, and their telemetry.
 //!
 //! Sealing and anchoring run beside ingest on their own threads: they
 //! read committed readings through a reader and write only their own
@@ -14,26 +17,22 @@
 pub mod audit;
 pub mod batch;
 pub mod chain;
+pub mod config;
 pub mod merkle;
 pub mod proof;
 
-/// Parses `0x` and 40 hex digits.
-pub fn parse_address(s: &str) -> Option<[u8; 20]> {
-    let digits = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X"))?;
-    if digits.len() != 40 {
-        return None;
-    }
-    crate::cdm::unhex(digits)?.try_into().ok()
-}
-
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use biota_common::telemetry::{MetricSet, Telemetry};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AnchorBackend, AnchorConfig, Synchronous};
+use crate::metrics::Metrics;
+use crate::service::ThreadService;
+use crate::store::config::Synchronous;
+use config::{AnchorBackend, AnchorConfig};
 
 /// How often the sealer looks for newly committed readings.
 const SEAL_POLL: Duration = Duration::from_millis(200);
@@ -47,108 +46,108 @@ pub enum AnchorStartError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Chain(#[from] chain::ChainError),
-    #[error("cannot start the anchoring threads: {0}")]
-    Thread(#[from] std::io::Error),
 }
 
-/// The running sealer and, with `backend = "evm"`, the chain thread.
+/// Sealing and, with `backend = "evm"`, anchoring: built, not yet running.
 pub struct Anchoring {
-    pub seal: Arc<batch::SealStats>,
-    pub chain: Option<Arc<chain::ChainStats>>,
-    threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
-    /// UTC ns.
-    started_at: i64,
+    /// What status and `/metrics` show of both.
+    pub telemetry: Arc<AnchoringTelemetry>,
+    pub sealer: SealerService,
+    pub anchorer: Option<chain::Anchorer>,
 }
 
 impl Anchoring {
-    /// Starts sealing (and anchoring) beside the writer, which must have
-    /// opened the database. `key_file` is the resolved `[anchor.evm]
-    /// key_file`. Both threads end at `shutdown`.
-    pub fn start(
+    /// Opens the sealer (and the anchorer, which checks its key) on a
+    /// database the writer has opened and migrated.
+    pub fn new(
         config: &AnchorConfig,
         db: &Path,
-        key_file: Option<PathBuf>,
         synchronous: Synchronous,
-        shutdown: CancellationToken,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, AnchorStartError> {
-        let mut sealer = batch::Sealer::open(db, config, synchronous)?;
-        let seal = sealer.stats();
-        let chain = match (&config.backend, &config.evm) {
-            (AnchorBackend::Evm, Some(evm)) => {
-                let key = key_file.unwrap_or_else(|| evm.key_file.clone());
-                Some(chain::Anchorer::new(evm.clone(), &key, db, synchronous)?)
-            }
+        let sealer = batch::Sealer::open(db, config, synchronous)?;
+        let anchorer = match (&config.backend, &config.evm) {
+            (AnchorBackend::Evm, Some(evm)) => Some(chain::Anchorer::new(
+                evm.clone(),
+                &evm.key_file,
+                db,
+                synchronous,
+            )?),
             _ => None,
         };
-        let mut threads = Vec::new();
-        let stop = shutdown.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("sealer".into())
-                .spawn(move || {
-                    let mut retired_at = Instant::now();
-                    let mut last_error: Option<(String, Instant)> = None;
-                    while !stop.is_cancelled() {
-                        if let Err(e) = sealer.step(Instant::now()) {
-                            let msg = e.to_string();
-                            if last_error.as_ref().is_none_or(|(m, at)| {
-                                *m != msg || at.elapsed() > Duration::from_secs(60)
-                            }) {
-                                tracing::warn!(error = %msg, "sealing waits; will try again");
-                                last_error = Some((msg, Instant::now()));
-                            }
-                        }
-                        if retired_at.elapsed() >= RETIRE_EVERY {
-                            retired_at = Instant::now();
-                            if let Err(e) = sealer.drop_retired_leaves() {
-                                tracing::warn!(error = %e, "dropping retired leaves failed");
-                            }
-                        }
-                        std::thread::sleep(SEAL_POLL);
-                    }
-                })?,
-        );
-        let chain_stats = chain.as_ref().map(chain::Anchorer::stats);
-        if let Some(anchorer) = chain {
-            threads.push(
-                std::thread::Builder::new()
-                    .name("anchorer".into())
-                    .spawn(move || {
-                        match tokio::runtime::Builder::new_current_thread()
-                            .enable_all()
-                            .build()
-                        {
-                            Ok(rt) => rt.block_on(anchorer.run(shutdown)),
-                            Err(e) => tracing::error!(error = %e, "cannot start the anchorer"),
-                        }
-                    })?,
-            );
-        }
+        let telemetry = Arc::new(AnchoringTelemetry {
+            seal: sealer.stats(),
+            chain: anchorer.as_ref().map(chain::Anchorer::stats),
+            started_at: biota_common::time::now_ns(),
+            metrics,
+        });
         Ok(Self {
-            seal,
-            chain: chain_stats,
-            threads: std::sync::Mutex::new(threads),
-            started_at: crate::time::now_ns(),
+            telemetry,
+            sealer: SealerService { sealer },
+            anchorer,
         })
     }
+}
 
-    /// Status for `biota-gateway devices` and the API.
-    pub fn to_json(&self) -> serde_json::Value {
-        let mut v = serde_json::json!({
-            "batches": self.seal.batches.load(Relaxed),
-            "sealed_seq": self.seal.sealed_seq.load(Relaxed),
-            "lost_to_retention": self.seal.lost_to_retention.load(Relaxed),
-        });
-        if let Some(c) = &self.chain {
-            v["chain"] = c.to_json();
+/// The sealer as a service: seals what the writer committed until shutdown.
+pub struct SealerService {
+    sealer: batch::Sealer,
+}
+
+impl ThreadService for SealerService {
+    const NAME: &'static str = "sealer";
+
+    async fn run(mut self, shutdown: CancellationToken) {
+        let mut retired_at = Instant::now();
+        let mut last_error: Option<(String, Instant)> = None;
+        while !shutdown.is_cancelled() {
+            if let Err(e) = self.sealer.step(Instant::now()) {
+                let msg = e.to_string();
+                if last_error
+                    .as_ref()
+                    .is_none_or(|(m, at)| *m != msg || at.elapsed() > Duration::from_secs(60))
+                {
+                    tracing::warn!(error = %msg, "sealing waits; will try again");
+                    last_error = Some((msg, Instant::now()));
+                }
+            }
+            if retired_at.elapsed() >= RETIRE_EVERY {
+                retired_at = Instant::now();
+                if let Err(e) = self.sealer.drop_retired_leaves() {
+                    tracing::warn!(error = %e, "dropping retired leaves failed");
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = tokio::time::sleep(SEAL_POLL) => {}
+            }
         }
-        v
     }
+}
 
-    /// How far anchoring is behind `last_seq` (the last committed reading):
-    /// readings not yet anchored on-chain (not yet sealed, with no chain),
-    /// and the seconds since anchoring last made progress (0 when caught up).
-    pub fn lag(&self, last_seq: u64) -> (u64, f64) {
+impl ThreadService for chain::Anchorer {
+    const NAME: &'static str = "anchorer";
+
+    async fn run(self, shutdown: CancellationToken) {
+        self.rounds(shutdown).await;
+    }
+}
+
+/// The sealer's and the chain's counters, and how far anchoring lags.
+pub struct AnchoringTelemetry {
+    pub seal: Arc<batch::SealStats>,
+    pub chain: Option<Arc<chain::ChainStats>>,
+    /// UTC ns.
+    started_at: i64,
+    metrics: Arc<Metrics>,
+}
+
+impl AnchoringTelemetry {
+    /// How far anchoring is behind the last committed reading: readings
+    /// not yet anchored on-chain (not yet sealed, with no chain), and the
+    /// seconds since anchoring last made progress (0 when caught up).
+    pub fn lag(&self) -> (u64, f64) {
+        let last_seq = self.metrics.last_seq.load(Relaxed);
         let (done, at) = match &self.chain {
             Some(c) => (
                 c.anchored_seq.load(Relaxed),
@@ -164,17 +163,39 @@ impl Anchoring {
             0.0
         } else {
             let since = if at > 0 { at } else { self.started_at };
-            (crate::time::now_ns() - since).max(0) as f64 / 1e9
+            (biota_common::time::now_ns() - since).max(0) as f64 / 1e9
         };
         (behind, seconds)
     }
+}
 
-    /// Waits for the threads (after shutdown); the status handles others
-    /// hold do not keep it from it.
-    pub fn join(&self) {
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
-        for t in threads {
-            let _ = t.join();
+impl Telemetry for AnchoringTelemetry {
+    fn status(&self) -> serde_json::Value {
+        let (lag_seq, lag_seconds) = self.lag();
+        let mut v = serde_json::json!({
+            "batches": self.seal.batches.load(Relaxed),
+            "sealed_seq": self.seal.sealed_seq.load(Relaxed),
+            "lost_to_retention": self.seal.lost_to_retention.load(Relaxed),
+            "lag_seq": lag_seq,
+            "lag_seconds": lag_seconds,
+        });
+        if let Some(c) = &self.chain {
+            v["chain"] = c.to_json();
         }
+        v
+    }
+
+    fn metrics(&self, out: &mut MetricSet) {
+        let (seq, seconds) = self.lag();
+        out.gauge(
+            "anchoring_lag_seq",
+            "Committed readings not yet anchored.",
+            seq,
+        );
+        out.gauge(
+            "anchoring_lag_seconds",
+            "Age of the oldest reading not yet anchored.",
+            seconds,
+        );
     }
 }

@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use super::batch::{AnchorRecord, Batch, Batches, batch_hash};
 use super::merkle::{self, Hash, Tree};
-use crate::cdm::{Reading, hex, unhex};
+use alloy::hex;
+
+use crate::cdm::Reading;
 use crate::store::{StoreError, StoreReader};
 
 /// The bundle's format tag.
@@ -55,7 +57,7 @@ pub struct BundleAnchor {
 }
 
 fn h(b: &[u8]) -> String {
-    format!("0x{}", hex(b))
+    hex::encode_prefixed(b)
 }
 
 impl From<&AnchorRecord> for BundleAnchor {
@@ -176,7 +178,7 @@ pub struct Check {
 
 /// Parses a `0x` hash of 32 bytes.
 pub fn hash_of(s: &str) -> Option<Hash> {
-    unhex(s)?.try_into().ok()
+    hex::decode(s).ok()?.try_into().ok()
 }
 
 /// The checks that need no chain: the reading is valid CDM, its encoding

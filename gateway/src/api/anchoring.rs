@@ -3,12 +3,11 @@
 //! anchoring part of `/v1/status` and `/metrics`.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use serde_json::{Value as Json, json};
+use serde_json::json;
 
 use super::routes::{Params, encode, json_response};
 use super::{ApiState, Authorized, HttpError, Read};
@@ -24,7 +23,7 @@ fn disabled() -> HttpError {
 }
 
 fn enabled(state: &ApiState) -> Result<(), HttpError> {
-    if state.config.anchor.enabled {
+    if state.anchoring {
         Ok(())
     } else {
         Err(disabled())
@@ -123,24 +122,4 @@ pub async fn proof(
         })
         .await?;
     Ok(json_response(body))
-}
-
-/// Anchoring in `/v1/status`: the sealer, the chain and the lag; `null`
-/// when sealing is off.
-pub fn status(state: &ApiState) -> Json {
-    let Some(a) = &state.observed.anchoring else {
-        return json!(null);
-    };
-    let mut v = a.to_json();
-    let (lag_seq, lag_seconds) = a.lag(state.observed.metrics.last_seq.load(Relaxed));
-    v["lag_seq"] = json!(lag_seq);
-    v["lag_seconds"] = json!(lag_seconds);
-    v
-}
-
-/// (readings not yet anchored, seconds since anchoring last progressed)
-/// for `/metrics`; absent when sealing is off.
-pub fn lag(state: &ApiState) -> Option<(u64, f64)> {
-    let a = state.observed.anchoring.as_ref()?;
-    Some(a.lag(state.observed.metrics.last_seq.load(Relaxed)))
 }

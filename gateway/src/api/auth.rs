@@ -106,27 +106,23 @@ pub fn generate() -> Result<String, TokenError> {
     ring::rand::SystemRandom::new()
         .fill(&mut bytes)
         .map_err(|_| TokenError::Invalid("the system's random source failed".into()))?;
-    Ok(format!("bgw_{}", hex(&bytes)))
+    Ok(format!("bgw_{}", alloy::hex::encode(bytes)))
 }
 
 /// The SHA-256 of a token, as stored.
 pub fn hash(token: &str) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
+    alloy::hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        token.as_bytes(),
+    ))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
+/// 64 hex digits (no prefix) as 32 bytes.
 fn decode_hex32(s: &str) -> Option<[u8; 32]> {
     if s.len() != 64 {
         return None;
     }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    alloy::hex::decode(s).ok()?.try_into().ok()
 }
 
 /// Equal in time independent of where they differ.
@@ -193,7 +189,9 @@ pub fn create(path: &Path, name: &str, scopes: &[Scope]) -> Result<String, Token
         name: name.into(),
         scopes,
         sha256: hash(&token),
-        created: Some(crate::time::format_rfc3339(crate::time::now_ns())),
+        created: Some(biota_common::time::format_rfc3339(
+            biota_common::time::now_ns(),
+        )),
     };
     entry.validate().map_err(TokenError::Invalid)?;
     tokens.push(entry);

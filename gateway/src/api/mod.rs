@@ -2,21 +2,23 @@
 //! Prometheus endpoint (`/metrics`) and the web console (`/`), served by
 //! axum on a thread and runtime of their own until shutdown.
 //!
+//! - [`config`]: `[api]` — listener, TLS, tokens, limits.
 //! - [`auth`]: bearer tokens, scopes, the token file.
 //! - [`routes`]: devices, latest values, ranges, aggregates, writes, the stream.
 //! - [`prometheus`]: `/metrics` in the Prometheus text format.
 //! - [`anchoring`]: batches, anchors and proof bundles.
 //! - [`console`]: the embedded web console.
-//! - [`client`]: a small HTTP/1.1 client for the tests and `bench api`.
 //! - [`server`]: the accept loop (plain HTTP or rustls), connection limit,
 //!   graceful shutdown.
+//! - here: [`ApiService`] (bind, then serve until shutdown), the shared
+//!   [`ApiState`], the route table and token checks.
 //!
 //! Queries run on the blocking pool, each on a pooled [`StoreReader`];
 //! writes go through the one command path, [`CommandBus`]. See `docs/api.md`.
 
 pub mod anchoring;
 pub mod auth;
-pub mod client;
+pub mod config;
 pub mod console;
 pub mod error;
 pub mod prometheus;
@@ -35,12 +37,15 @@ use axum::response::IntoResponse;
 use axum::routing::{MethodRouter, get, post};
 use tokio_util::sync::CancellationToken;
 
+use biota_drivers::DeviceBinding;
+
 use crate::command::CommandBus;
-use crate::config::{ApiConfig, GatewayConfig};
 use crate::live::LiveFeed;
-use crate::pipeline::Observed;
+use crate::service::ThreadService;
+use crate::status::Status;
 use crate::store::StoreReader;
 use auth::{Denied, Scope, Tokens};
+use config::ApiConfig;
 pub use error::HttpError;
 
 /// The OpenAPI 3 document, kept in the repository.
@@ -56,28 +61,30 @@ pub enum ApiError {
         source: std::io::Error,
     },
     #[error("API {0}")]
-    Tls(#[from] biota_drivers::mqtt::tls::TlsError),
-    #[error("API: cannot start its thread: {0}")]
-    Thread(#[source] std::io::Error),
+    Tls(#[from] biota_common::tls::TlsError),
 }
 
 /// What the API needs from the running gateway.
 pub struct Wiring {
-    pub config: GatewayConfig,
     pub db: PathBuf,
     pub token_file: PathBuf,
+    /// Every configured device with its profile (for `/v1/devices`).
+    pub bindings: Vec<DeviceBinding>,
+    /// Whether batches are sealed (`[anchor] enabled`).
+    pub anchoring: bool,
     pub commands: CommandBus,
-    pub observed: Observed,
+    pub status: Status,
     pub live: LiveFeed,
 }
 
 /// Shared by every request.
 pub struct ApiState {
     pub api: ApiConfig,
-    pub config: GatewayConfig,
     pub db: PathBuf,
+    pub bindings: Vec<DeviceBinding>,
+    pub anchoring: bool,
     pub commands: CommandBus,
-    pub observed: Observed,
+    pub status: Status,
     pub live: LiveFeed,
     pub tokens: Tokens,
     pub shutdown: CancellationToken,
@@ -85,9 +92,6 @@ pub struct ApiState {
     /// The tree of the batch proofs were last asked for.
     pub proof_trees: Mutex<crate::anchor::proof::TreeCache>,
 }
-
-/// Worker threads of the API's runtime.
-const API_WORKERS: usize = 2;
 
 /// Readers kept open between requests.
 const IDLE_READERS: usize = 8;
@@ -97,10 +101,11 @@ impl ApiState {
         Self {
             tokens: Tokens::new(&api.tokens, wiring.token_file),
             api,
-            config: wiring.config,
             db: wiring.db,
+            bindings: wiring.bindings,
+            anchoring: wiring.anchoring,
             commands: wiring.commands,
-            observed: wiring.observed,
+            status: wiring.status,
             live: wiring.live,
             shutdown,
             readers: Mutex::new(Vec::new()),
@@ -137,56 +142,71 @@ impl ApiState {
     }
 }
 
-/// Binds the listener and starts the API's thread.
-pub fn start(
-    api: &ApiConfig,
-    wiring: Wiring,
-    shutdown: CancellationToken,
-) -> Result<(SocketAddr, std::thread::JoinHandle<()>), ApiError> {
-    let tls = match &api.tls {
-        Some(t) => Some(Arc::new(biota_drivers::mqtt::tls::server_config(
-            &t.cert,
-            &t.key,
-            t.client_ca.as_deref(),
-        )?)),
-        None => None,
-    };
-    let listen_err = |source| ApiError::Listen {
-        address: api.listen,
-        source,
-    };
-    let listener = std::net::TcpListener::bind(api.listen).map_err(listen_err)?;
-    listener.set_nonblocking(true).map_err(listen_err)?;
-    let address = listener.local_addr().map_err(listen_err)?;
-    let state = Arc::new(ApiState::new(api.clone(), wiring, shutdown.clone()));
-    let router = router(state);
-    let max_connections = api.max_connections;
-    // Its own runtime, on threads named `api`: two workers, so answers are
-    // encoded and written on both cores of a gateway while queries run
-    // on the runtime's blocking pool.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(API_WORKERS)
-        .thread_name("api")
-        .enable_all()
-        .build()
-        .map_err(ApiError::Thread)?;
-    let thread = std::thread::Builder::new()
-        .name("api".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                match tokio::net::TcpListener::from_std(listener) {
-                    Ok(listener) => {
-                        server::serve(listener, tls, router, max_connections, shutdown).await;
-                    }
-                    Err(e) => tracing::error!(error = %e, "API: cannot use its listener"),
-                }
-            });
-            // Connections still open after the drain end with the runtime.
-            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+/// The API as a service: the bound listener and the router.
+pub struct ApiService {
+    listener: std::net::TcpListener,
+    address: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    state: Arc<ApiState>,
+    max_connections: usize,
+}
+
+impl ApiService {
+    /// Reads the TLS files and binds the listener, so a bad certificate or
+    /// a taken port is an error here, before the gateway is ready.
+    /// `shutdown` is the token the service will run with: requests see
+    /// it (`/v1/ready` turns 503, streams end).
+    pub fn new(
+        api: &ApiConfig,
+        wiring: Wiring,
+        shutdown: CancellationToken,
+    ) -> Result<Self, ApiError> {
+        let tls = match &api.tls {
+            Some(t) => Some(Arc::new(biota_common::tls::server_config(
+                &t.cert,
+                &t.key,
+                t.client_ca.as_deref(),
+            )?)),
+            None => None,
+        };
+        let listen_err = |source| ApiError::Listen {
+            address: api.listen,
+            source,
+        };
+        let listener = std::net::TcpListener::bind(api.listen).map_err(listen_err)?;
+        listener.set_nonblocking(true).map_err(listen_err)?;
+        let address = listener.local_addr().map_err(listen_err)?;
+        Ok(Self {
+            listener,
+            address,
+            tls,
+            state: Arc::new(ApiState::new(api.clone(), wiring, shutdown)),
+            max_connections: api.max_connections,
         })
-        .map_err(ApiError::Thread)?;
-    tracing::info!(%address, tls = api.tls.is_some(), "API listening");
-    Ok((address, thread))
+    }
+
+    /// The address it listens on (the port, when `listen` asked for 0).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+}
+
+impl ThreadService for ApiService {
+    const NAME: &'static str = "api";
+    // Two workers, so answers are encoded and written on both cores of a
+    // gateway while queries run on the runtime's blocking pool.
+    const WORKERS: usize = 2;
+
+    async fn run(self, shutdown: CancellationToken) {
+        tracing::info!(address = %self.address, tls = self.tls.is_some(), "API listening");
+        let router = router(self.state);
+        match tokio::net::TcpListener::from_std(self.listener) {
+            Ok(listener) => {
+                server::serve(listener, self.tls, router, self.max_connections, shutdown).await;
+            }
+            Err(e) => tracing::error!(error = %e, "API: cannot use its listener"),
+        }
+    }
 }
 
 /// One route: method, path as the OpenAPI document writes it, handler.

@@ -26,7 +26,7 @@ use crate::export::{
 };
 use crate::live::Next;
 use crate::store::Cursor;
-use crate::time::{now_ns, parse_duration, parse_time_arg};
+use biota_common::time::{now_ns, parse_duration, parse_time_arg};
 
 /// Most buckets one aggregate request may ask for.
 const MAX_BUCKETS: i64 = 100_000;
@@ -164,7 +164,7 @@ pub async fn health(
     Ok(axum::Json(json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
-        "uptime_s": state.observed.metrics.uptime_ms() / 1000,
+        "uptime_s": state.status.metrics.uptime_ms() / 1000,
     }))
     .into_response())
 }
@@ -176,7 +176,7 @@ pub async fn ready(
     params: Params,
 ) -> Result<Response, HttpError> {
     params.only(&[])?;
-    let metrics = &state.observed.metrics;
+    let metrics = &state.status.metrics;
     let heartbeat_age = metrics
         .uptime_ms()
         .saturating_sub(metrics.writer_heartbeat_ms.load(Relaxed));
@@ -198,7 +198,7 @@ pub async fn ready(
     Ok((status, axum::Json(body)).into_response())
 }
 
-/// `GET /v1/status`: the control socket's device/MQTT/CoAP/uplink status,
+/// `GET /v1/status`: the control socket's status (devices, each component),
 /// the pipeline's counters, the store's size and the live streams.
 pub async fn status(
     _: Authorized<Read>,
@@ -206,36 +206,20 @@ pub async fn status(
     params: Params,
 ) -> Result<Response, HttpError> {
     params.only(&[])?;
-    let mut body = state.observed.status();
-    let s = state.observed.metrics.snapshot();
-    body["pipeline"] = json!({
-        "uptime_ms": s.at_ms,
-        "received": s.received,
-        "accepted": s.accepted,
-        "filtered": s.filtered,
-        "rejected": s.rejected,
-        "committed": s.committed,
-        "commits": s.commits,
-        "last_seq": s.last_seq,
-        "write_errors": s.write_errors,
-        "ingest_queue": s.ingest_queue,
-        "writer_queue": s.writer_queue,
-        "writer_pending": s.writer_pending,
-    });
+    let mut body = state.status.json();
+    body["pipeline"] = state.status.pipeline_json();
     body["store"] = json!({ "size_bytes": super::prometheus::db_size(&state.db) });
     body["stream_subscribers"] = json!(state.live.subscribers());
-    body["anchoring"] = super::anchoring::status(&state);
+    if body.get("anchoring").is_none() {
+        // Sealing is off.
+        body["anchoring"] = Json::Null;
+    }
     Ok(axum::Json(body).into_response())
 }
 
 /// What the API knows of a device: its configuration and live counters.
 fn device_entry(state: &ApiState, device: &str, points: u64, status: &Json) -> Json {
-    let binding = state
-        .config
-        .drivers
-        .devices("drivers")
-        .into_iter()
-        .find(|b| b.device == device);
+    let binding = state.bindings.iter().find(|b| b.device == device);
     let driver = binding
         .as_ref()
         .and_then(|b| b.key_path.split('.').nth(1).map(str::to_owned));
@@ -262,13 +246,13 @@ pub async fn devices(
 ) -> Result<Response, HttpError> {
     params.only(&[])?;
     let mut known = state.query(|r| Ok(r.devices()?)).await?;
-    for binding in state.config.drivers.devices("drivers") {
+    for binding in &state.bindings {
         if !known.iter().any(|(d, _)| *d == binding.device) {
-            known.push((binding.device, 0));
+            known.push((binding.device.clone(), 0));
         }
     }
     known.sort();
-    let status = state.observed.status();
+    let status = state.status.json();
     let list: Vec<Json> = known
         .iter()
         .map(|(d, n)| device_entry(&state, d, *n, &status))
@@ -287,12 +271,7 @@ pub async fn device(
     params.only(&[])?;
     let name = device.clone();
     let latest = state.query(move |r| Ok(r.latest(Some(&name))?)).await?;
-    let entry = device_entry(
-        &state,
-        &device,
-        latest.len() as u64,
-        &state.observed.status(),
-    );
+    let entry = device_entry(&state, &device, latest.len() as u64, &state.status.json());
     if latest.is_empty() && entry["configured"] == false {
         return Err(HttpError::not_found(format!("no device `{device}`")));
     }

@@ -10,9 +10,10 @@ use alloy::sol_types::SolCall;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
+use biota_gateway::anchor::audit;
 use biota_gateway::anchor::chain::{self, IBiotaAnchor};
+use biota_gateway::anchor::config::parse_address;
 use biota_gateway::anchor::proof::{self, Check, ProofBundle, TreeCache};
-use biota_gateway::anchor::{audit, parse_address};
 use biota_gateway::config::{GatewayConfig, state_dir};
 use biota_gateway::store::StoreReader;
 
@@ -318,9 +319,7 @@ pub enum ContractCommand {
 }
 
 fn address(s: &str, what: &str) -> anyhow::Result<Address> {
-    parse_address(s)
-        .map(Address::from)
-        .with_context(|| format!("{what} `{s}` is not an address (0x and 40 hex digits)"))
+    parse_address(s).map_err(|e| anyhow::anyhow!("{what} {e}"))
 }
 
 /// `contract deploy|authorize`.
@@ -333,7 +332,8 @@ pub async fn contract(command: &ContractCommand) -> anyhow::Result<ExitCode> {
         } => {
             let signer = chain::load_key(key)?;
             let provider = chain::provider(rpc)?;
-            let code = biota_gateway::cdm::unhex(chain::CONTRACT_BYTECODE.trim())
+            let code = alloy::hex::decode(chain::CONTRACT_BYTECODE.trim())
+                .ok()
                 .context("the embedded contract bytecode is not hex")?;
             let receipt =
                 chain::transact(&provider, rpc, &signer, TxKind::Create, Bytes::from(code)).await?;

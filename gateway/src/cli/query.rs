@@ -6,11 +6,12 @@ use std::io::Write;
 use anyhow::Context;
 use biota_gateway::Reading;
 
+use biota_common::time::{now_ns, parse_duration, parse_time_arg};
 use biota_gateway::export::{
     BUCKET_COLUMNS, READING_COLUMNS, bucket_cells, bucket_json, reading_cells, write_csv,
+    write_table,
 };
 use biota_gateway::store::{Bucket, Cursor};
-use biota_gateway::time::{now_ns, parse_duration, parse_time_arg};
 use clap::{Args, Subcommand, ValueEnum};
 
 use super::Failure;
@@ -170,29 +171,8 @@ fn print_rows(
 ) -> anyhow::Result<()> {
     if format == Format::Csv {
         write_csv(out, header, rows)?;
-        return Ok(());
-    }
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: &mut dyn Iterator<Item = &str>| -> String {
-        cells
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_owned()
-    };
-    writeln!(out, "{}", line(&mut header.iter().copied()))?;
-    for row in rows {
-        writeln!(out, "{}", line(&mut row.iter().map(String::as_str)))?;
-    }
-    if rows.is_empty() {
-        writeln!(out, "(no rows)")?;
+    } else {
+        write_table(out, header, rows)?;
     }
     Ok(())
 }

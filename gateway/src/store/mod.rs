@@ -1,7 +1,10 @@
 //! The SQLite store of real-time and historical readings.
 //!
+//! - [`config`]: `[store]` — the file, durability, group commits, retention.
 //! - [`schema`]: the tables, the schema version and migrations.
-//! - [`writer`]: the one writer — group commits, gapless `seq`, retention.
+//! - [`series_index`]: the `(series, ts)` index, kept in passes.
+//! - [`writer`]: the one writer — group commits, gapless `seq`, retention,
+//!   and its thread ([`writer::WriterService`]).
 //! - [`query`]: readers on their own connections — latest values, time
 //!   ranges with cursors, bucketed aggregates.
 //!
@@ -10,6 +13,7 @@
 //! `crate::anchor`). Everyone else opens
 //! a [`query::StoreReader`]; WAL mode lets readers run beside the writer.
 
+pub mod config;
 pub mod query;
 pub mod schema;
 pub mod series_index;
@@ -18,7 +22,7 @@ pub mod writer;
 use std::path::{Path, PathBuf};
 
 pub use query::{Bucket, Cursor, Page, StoreReader};
-pub use writer::{StoreWriter, WriterHandle};
+pub use writer::{StoreWriter, WriterService};
 
 /// Something went wrong with the database file.
 #[derive(Debug, thiserror::Error)]

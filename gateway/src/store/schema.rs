@@ -11,8 +11,8 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
 
+use super::config::Synchronous;
 use super::{StoreError, sql_err};
-use crate::config::Synchronous;
 
 /// The schema version this gateway writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 3;
@@ -151,7 +151,7 @@ pub fn open_for_write(
     conn.execute(
         "INSERT INTO meta (key, value) VALUES ('opened_at', ?1)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        [crate::time::now_ns()],
+        [biota_common::time::now_ns()],
     )
     .map_err(sql_err(path, "the write check at start"))?;
     Ok(conn)
