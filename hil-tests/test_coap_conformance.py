@@ -5,15 +5,16 @@ datagrams built byte by byte with coap_wire.py.
 
 Two groups:
 
-- Issue items 8-12, each a defect of the current server or Observe client
-  (Resets with code 0.01, other versions processed, unrecognized critical
-  options accepted, no answer to a CoAP ping or an unknown method, a bare
-  payload marker taken for bad JSON, rejections counted nowhere).
+- Issue #14, items 8-12, each a defect the server or Observe client had
+  before the fix (Resets with code 0.01, other versions processed,
+  unrecognized critical options accepted, no answer to a CoAP ping or an
+  unknown method, a bare payload marker taken for bad JSON, rejections
+  counted nowhere), and the RFC rules around them.
 - The ETSI CoAP#4 plugtest test descriptions that apply to this gateway
   (TD_COAP_CORE_*, TD_COAP_BLOCK_*, TD_COAP_OBS_*): the server takes POST
   and PUT of readings, serves /.well-known/core, assembles Block1 uploads
   and deduplicates; the Observe client registers with devices. The table
-  with what applies, why the rest does not, and today's results is in
+  with what applies, why the rest does not, and the results is in
   docs/drivers/coap.md, "Conformance".
 
 The server tests share one gateway (module fixture `server`); each counts
@@ -27,7 +28,7 @@ Counter reasons (`biota-gateway devices --json` → coap.rejected, and
 |---|---|
 | malformed | a message format error (RFC 7252 §3, §3.1, §4.1) |
 | bad_version | Ver ≠ 1 (RFC 7252 §3): silently ignored |
-| unexpected_message | a well-formed message the server cannot take: an Empty NON, a code of a reserved class (1, 6, 7), a response sent to the server |
+| unexpected_message | a well-formed message the server cannot take: an Empty NON, a code of a reserved class (1, 6, 7), a response sent to the server, an ACK or Reset that is not Empty |
 | bad_option | an unrecognized critical option, or one the server does not support on that request (4.02) |
 | method_not_allowed | 4.05: a method the resource does not take, or an unknown method code |
 | not_acceptable | 4.06: an Accept the answer cannot meet |
@@ -147,6 +148,14 @@ def aiocoap_request(uri: str, code, payload: bytes = b"", content_format: int | 
 # ---------------------------------------------------------------------------
 
 
+# Enough resources for a /.well-known/core over 1024 bytes (TD_COAP_BLOCK_02).
+HALLS = 12
+HALL_RESOURCES = "".join(f"""
+[[drivers.coap.resources]]
+path = "/plant/hall-{i}/line-{i}/{{device}}"
+""" for i in range(HALLS))
+
+
 class Server:
     def __init__(self, binary: Path, root: Path) -> None:
         self.binary = binary
@@ -174,7 +183,7 @@ path = "/v1/devices/{{device}}"
 path = "/seg1/seg2/seg3"
 device = "seg-dev"
 point = "value"
-""")
+{HALL_RESOURCES}""")
         self.gw = Gateway(binary, config, self.state_dir, log_dir=root)
         self.address = ("127.0.0.1", self.port)
         self.uri = f"coap://127.0.0.1:{self.port}"
@@ -293,13 +302,35 @@ def test_item08_reset_to_a_malformed_con_is_an_empty_message(server, peer, case)
     """RFC 7252 §4.2: a CON with a format error is rejected with a Reset,
     and 'The Reset message MUST echo the Message ID of the Confirmable
     message and MUST be Empty' (§4.1: code 0.00, TKL 0, nothing after the
-    Message ID). Today the Reset carries code 0.01."""
+    Message ID). Before the fix (issue #14) the Reset carries code 0.01."""
     mid = peer.mid()
     before = server.rejected()
     peer.send(MALFORMED_CON[case](mid))
     problems: list[str] = []
     expect_reset(settle(peer), mid, problems)
     check_counted(before, server.rejected(), "malformed", problems)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("datagram,reason", [
+    (lambda mid: empty(RST, mid), None),
+    (lambda mid: empty(ACK, mid), None),
+    (lambda mid: encode(type=RST, code=w.GET, mid=mid), "unexpected_message"),
+    (lambda mid: encode(type=ACK, code=w.CONTENT, mid=mid, token=b"\x01", payload=b"x"), "unexpected_message"),
+    (lambda mid: encode(type=RST, code=w.EMPTY, mid=mid, token=b"\x01"), "malformed"),
+], ids=["empty-RST", "empty-ACK", "RST-0.01", "ACK-2.05", "RST-with-token"])
+def test_item08_the_server_never_answers_an_ack_or_a_reset(server, peer, datagram, reason):
+    """RFC 7252 §4.2: 'Rejecting an Acknowledgement or Reset message ... is
+    effected by silently ignoring it.' The server sends no CON, so an ACK
+    or Reset to it is answered by nothing; an Empty one (a client's Reset
+    to a NON answer) is no rejection, one that is not Empty is counted
+    (unexpected_message, or malformed for a format error)."""
+    before = server.rejected()
+    peer.send(datagram(peer.mid()))
+    problems: list[str] = []
+    if extra := settle(peer):
+        problems.append(f"answered {[show(r) for r in extra]}; due: silence")
+    check_counted(before, server.rejected(), reason, problems)
     assert not problems, "\n".join(problems)
 
 
@@ -317,7 +348,7 @@ def test_item08_reset_to_a_malformed_con_is_an_empty_message(server, peer, case)
 def test_item09_a_message_of_another_version_is_silently_ignored(server, peer, version, type_):
     """RFC 7252 §3: 'Messages with unknown version numbers MUST be silently
     ignored.' A well-formed POST of a reading in version 0, 2 or 3: no
-    answer at all, nothing stored, counted as bad_version. Today it is
+    answer at all, nothing stored, counted as bad_version. Before the fix (issue #14) it is
     stored and answered 2.04."""
     device = f"version-{version}-{type_}"
     before = server.rejected()
@@ -366,7 +397,7 @@ BAD_OPTIONS = {
 def test_item10_a_critical_option_the_server_does_not_support_gets_4_02(server, peer, case):
     """RFC 7252 §5.4.1: 'Unrecognized options of class "critical" that
     occur in a Confirmable request MUST cause the return of a 4.02 (Bad
-    Option) response.' Nothing is stored; counted as bad_option. Today:
+    Option) response.' Nothing is stored; counted as bad_option. Before the fix (issue #14):
     2.04 and stored."""
     device = f"option-{case}"
     before = server.rejected()
@@ -381,17 +412,23 @@ def test_item10_a_critical_option_the_server_does_not_support_gets_4_02(server, 
     assert not problems, "\n".join(problems)
 
 
-def test_item10_a_put_with_an_unrecognized_critical_option_gets_4_02(server, peer):
-    device = "option-put"
+def check_refused(server: Server, peer: Peer, device: str, datagram: bytes, code: int, reason: str) -> None:
+    """`datagram`, a CON request for `device`, is answered `code`
+    (piggybacked), stores nothing and counts one rejection for `reason`."""
     before = server.rejected()
-    datagram = request(w.PUT, f"/v1/devices/{device}", mid=peer.mid(), token=peer.token(),
-                       content_format=w.SENML_JSON, payload=READING, options=[(65001, b"x")])
     answer = peer.exchange(datagram)
     problems: list[str] = []
-    expect_answer(answer, datagram, w.BAD_OPTION, problems)
+    expect_answer(answer, datagram, code, problems)
     check_not_stored(server, device, problems)
-    check_counted(before, server.rejected(), "bad_option", problems)
+    check_counted(before, server.rejected(), reason, problems)
     assert not problems, "\n".join(problems)
+
+
+def test_item10_a_put_with_an_unrecognized_critical_option_gets_4_02(server, peer):
+    device = "option-put"
+    datagram = request(w.PUT, f"/v1/devices/{device}", mid=peer.mid(), token=peer.token(),
+                       content_format=w.SENML_JSON, payload=READING, options=[(65001, b"x")])
+    check_refused(server, peer, device, datagram, w.BAD_OPTION, "bad_option")
 
 
 def test_item10_a_non_request_with_an_unrecognized_critical_option_is_rejected(server, peer):
@@ -409,22 +446,59 @@ def test_item10_a_non_request_with_an_unrecognized_critical_option_is_rejected(s
     assert not problems, "\n".join(problems)
 
 
+OUT_OF_DEFINITION = {
+    # §5.4.5: a non-repeatable option repeated: the extra occurrence is
+    # unrecognized, and these are critical.
+    "accept_twice": [(w.ACCEPT, w.TEXT_PLAIN), (w.ACCEPT, w.TEXT_PLAIN)],
+    "uri_host_twice": [(w.URI_HOST, "a"), (w.URI_HOST, "b")],
+    # §5.4.3: a length outside the option's range is unrecognized.
+    "uri_host_empty": [(w.URI_HOST, b"")],
+    "accept_3_bytes": [(w.ACCEPT, b"\x00\x00\x00")],
+    "uri_port_3_bytes": [(w.URI_PORT, b"\x00\x16\x33")],
+    # OSCORE (RFC 8613, critical 9): not implemented here, so unrecognized.
+    "oscore": [(9, b"")],
+}
+
+
+@pytest.mark.parametrize("case", OUT_OF_DEFINITION)
+def test_item10_a_critical_option_out_of_its_definition_gets_4_02(server, peer, case):
+    """RFC 7252 §5.4.3 and §5.4.5: an option whose length is out of range,
+    or a non-repeatable one that is repeated, 'MUST be treated like an
+    unrecognized option'; a critical one so gets 4.02, counted bad_option,
+    nothing stored."""
+    device = f"definition-{case}"
+    check_refused(server, peer, device, post(peer, device, options=OUT_OF_DEFINITION[case]), w.BAD_OPTION, "bad_option")
+
+
+def test_item10_an_elective_option_out_of_its_definition_is_ignored(server, peer):
+    """The elective side of §5.4.3/§5.4.5: a repeated Content-Format is
+    taken once (the first; the second is ignored), a 3-byte one is ignored
+    altogether, so the request has no Content-Format and gets 4.15."""
+    problems: list[str] = []
+    device = "definition-elective"
+    datagram = request(w.POST, f"/v1/devices/{device}", mid=peer.mid(), token=peer.token(), payload=READING,
+                       options=[(w.CONTENT_FORMAT, w.SENML_JSON), (w.CONTENT_FORMAT, w.TEXT_PLAIN)])
+    expect_answer(peer.exchange(datagram), datagram, w.CHANGED, problems)
+    before = server.rejected()
+    datagram = request(w.POST, f"/v1/devices/{device}-2", mid=peer.mid(), token=peer.token(), payload=READING,
+                       options=[(w.CONTENT_FORMAT, b"\x00\x00\x6e")])
+    expect_answer(peer.exchange(datagram), datagram, w.UNSUPPORTED_CONTENT_FORMAT, problems)
+    check_counted(before, server.rejected(), "unsupported_format", problems)
+    if server.values(device) != [1]:
+        problems.append(f"stored {server.values(device)}; due: [1]")
+    assert not problems, "\n".join(problems)
+
+
 @pytest.mark.parametrize("option", [w.PROXY_URI, w.PROXY_SCHEME], ids=["proxy_uri", "proxy_scheme"])
 def test_item10_a_proxy_request_gets_5_05(server, peer, option):
     """RFC 7252 §5.10.2: a server that is not a forward-proxy 'MUST cause
     the return of a 5.05 (Proxying Not Supported) response' to Proxy-Uri
     (and likewise Proxy-Scheme). Nothing stored; counted as
-    proxying_not_supported. Today: 2.04 and stored."""
+    proxying_not_supported. Before the fix (issue #14): 2.04 and stored."""
     device = f"proxy-{option}"
     value = f"coap://192.0.2.1/v1/devices/{device}" if option == w.PROXY_URI else "coap"
-    before = server.rejected()
-    datagram = post(peer, device, options=[(option, value)])
-    answer = peer.exchange(datagram)
-    problems: list[str] = []
-    expect_answer(answer, datagram, w.code(5, 5), problems)
-    check_not_stored(server, device, problems)
-    check_counted(before, server.rejected(), "proxying_not_supported", problems)
-    assert not problems, "\n".join(problems)
+    check_refused(server, peer, device, post(peer, device, options=[(option, value)]), w.code(5, 5),
+                  "proxying_not_supported")
 
 
 ACCEPTED_OPTIONS = {
@@ -478,7 +552,7 @@ def test_item10_libcoap_client_with_an_unrecognized_critical_option(server):
 def test_item11_coap_ping_gets_a_reset(server, peer):
     """TD_COAP_CORE_31 and RFC 7252 §4.2/§4.3 (Table 1): an Empty CON
     elicits a Reset, four bytes: type RST, code 0.00, the same Message ID,
-    no token, no payload. It is no rejection: counted nowhere. Today: no
+    no token, no payload. It is no rejection: counted nowhere. Before the fix (issue #14): no
     answer."""
     mid = peer.mid()
     before = server.rejected()
@@ -505,7 +579,7 @@ def test_item11_an_empty_con_with_bytes_after_the_header_gets_a_reset(server, pe
     MUST be processed as a message format error.' §4.2: a CON with a format
     error is rejected with a Reset ('a recipient MUST either (a)
     acknowledge ... or (b) reject'). So: an Empty Reset, counted as
-    malformed. Today: no answer, counted nowhere."""
+    malformed. Before the fix (issue #14): no answer, counted nowhere."""
     mid = peer.mid()
     before = server.rejected()
     peer.send(encode(type=CON, code=w.EMPTY, mid=mid, **EMPTY_WITH_BYTES[case]))
@@ -526,7 +600,7 @@ def test_item11_an_empty_non_is_rejected(server, peer, case, kw, reason):
     matching Reset message, and apart from the Reset message the rejected
     message MUST be silently ignored.' Either an Empty Reset or nothing;
     counted (unexpected_message for an Empty NON, malformed when bytes
-    follow the header). Today: ignored, counted nowhere."""
+    follow the header). Before the fix (issue #14): ignored, counted nowhere."""
     mid = peer.mid()
     before = server.rejected()
     peer.send(encode(type=NON, code=w.EMPTY, mid=mid, **kw))
@@ -541,7 +615,7 @@ def test_item11_an_empty_non_is_rejected(server, peer, case, kw, reason):
 def test_item11_an_unknown_method_gets_4_05(server, peer, method, path):
     """RFC 7252 §5.8: 'A request with an unrecognized or unsupported Method
     Code MUST generate a 4.05 (Method Not Allowed) piggybacked response.'
-    Nothing stored; counted as method_not_allowed. Today: no answer."""
+    Nothing stored; counted as method_not_allowed. Before the fix (issue #14): no answer."""
     before = server.rejected()
     datagram = request(method, path, mid=peer.mid(), token=peer.token(), content_format=w.SENML_JSON, payload=READING)
     peer.send(datagram)
@@ -561,7 +635,7 @@ def test_item11_a_payload_marker_with_no_payload_is_a_format_error(server, peer,
     """RFC 7252 §3: 'The presence of a marker followed by a zero-length
     payload MUST be processed as a message format error.' A CON is rejected
     with an Empty Reset, a NON with a Reset or nothing (§4.2, §4.3); never a
-    response; counted as malformed, not malformed_json. Today: 4.00
+    response; counted as malformed, not malformed_json. Before the fix (issue #14): 4.00
     'EOF while parsing a value', counted as malformed_json."""
     device = "marker-only"
     mid = peer.mid()
@@ -581,7 +655,7 @@ def test_item11_a_con_with_a_reserved_class_or_a_response_gets_a_reset(server, p
     """RFC 7252 §4.2: a CON that 'uses a code with a reserved class (1, 6,
     or 7)' is rejected with a Reset; §5.3.2: an unexpected response is
     rejected the same way (the server sends no requests). Counted as
-    unexpected_message. Today: no answer, counted nowhere."""
+    unexpected_message. Before the fix (issue #14): no answer, counted nowhere."""
     mid = peer.mid()
     before = server.rejected()
     peer.send(encode(type=CON, code=code, mid=mid, token=b"\x11", options=w.path_options("/v1/devices/x")))
@@ -615,7 +689,7 @@ REJECTIONS = {
     "POST_to_well_known_core": (lambda p: request(w.POST, "/.well-known/core", mid=p.mid(), token=p.token(),
                                                   content_format=w.SENML_JSON, payload=READING),
                                 w.METHOD_NOT_ALLOWED, "method_not_allowed", None),
-    # These are counted today: the same check keeps them so.
+    # These were counted before issue #14: the same check keeps them so.
     "unknown_path": (lambda p: request(w.POST, "/nowhere", mid=p.mid(), token=p.token(),
                                        content_format=w.SENML_JSON, payload=READING),
                      w.NOT_FOUND, "not_found", None),
@@ -626,13 +700,16 @@ REJECTIONS = {
                   w.REQUEST_ENTITY_TOO_LARGE, "too_large", "rej-big"),
     "block_out_of_order": (lambda p: _block(p, "rej-block", 3, True, b"x" * 16),
                            w.REQUEST_ENTITY_INCOMPLETE, "bad_block", "rej-block"),
+    # Decoded, but the gateway stores none of it (a point name CDM refuses).
+    "nothing_storable": (lambda p: post(p, "rej-none", payload=b'[{"n":"bad name!","v":1}]'),
+                         w.BAD_REQUEST, "nothing_stored", "rej-none"),
 }
 
 
 @pytest.mark.parametrize("case", REJECTIONS)
 def test_item12_every_rejection_is_counted_by_reason(server, peer, case):
     """Each answer of class 4 or 5 adds exactly one to exactly one reason in
-    `devices --json` (coap.rejected). Today the 4.05s are counted nowhere."""
+    `devices --json` (coap.rejected). Before the fix (issue #14) the 4.05s are counted nowhere."""
     build, code, reason, device = REJECTIONS[case]
     before = server.rejected()
     datagram = build(peer)
@@ -822,7 +899,7 @@ def test_td_coap_core_20_accept(server, peer, method, accept, code):
     from /.well-known/core, text/plain answers to POST. RFC 7252 §5.10.4:
     'If the preferred Content-Format cannot be returned, then a 4.06 "Not
     Acceptable" MUST be sent'; a refused POST stores nothing; counted as
-    not_acceptable. Today the Accept option is ignored (2.05 / 2.04)."""
+    not_acceptable. Before the fix (issue #14) the Accept option is ignored (2.05 / 2.04)."""
     path = "/.well-known/core" if method == w.GET else f"/v1/devices/accept-{accept}"
     before = server.rejected()
     datagram = request(method, path, mid=peer.mid(), token=peer.token(), options=[(w.ACCEPT, accept)],
@@ -887,7 +964,7 @@ def test_td_coap_block_03_04_block1_uploads(server, peer, method, tmp_path):
     smallest size (-b 16). The final answer is 2.04 Changed (the resource
     takes readings and creates nothing, so no 2.01 and Location-Path as in
     BLOCK_04) and must carry Block1 NUM=n, M=0 (TD step 7, RFC 7959 §2.3).
-    Today it has no Block1 option."""
+    Before the fix (issue #14) it has no Block1 option."""
     name = "put" if method == w.PUT else "post"
     device = f"block-{name}"
     pack = [{"n": f"p{i}", "v": i} for i in range(20)]
@@ -906,6 +983,108 @@ def test_td_coap_block_03_04_block1_uploads(server, peer, method, tmp_path):
             problems.append(f"libcoap -b {size}: {out.stdout!r} {out.stderr!r}")
     if len(server.latest(device)) != 60:
         problems.append(f"{len(server.latest(device))} points stored; due: 60")
+    assert not problems, "\n".join(problems)
+
+
+def block2_download(peer: Peer, path: str, first: int | None, problems: list[str]) -> bytes:
+    """A Block2 transfer of GET `path` (RFC 7959 §2.4): `first` is the
+    SZX of an early negotiation (a Block2 0/0/SZX in the first request),
+    None for none (the server picks). Each block's answer must be 2.05
+    with Content-Format 40 and a Block2 with the NUM asked for, an SZX no
+    larger than asked, a full block while M=1. Returns the body."""
+    body, num, szx = b"", 0, first
+    while True:
+        options = [] if szx is None else [(w.BLOCK2, w.block_value(num, False, szx))]
+        datagram = request(w.GET, path, mid=peer.mid(), token=peer.token(), options=options)
+        m = peer.exchange(datagram)
+        expect_answer(m, datagram, w.CONTENT, problems)
+        b2 = m.option(w.BLOCK2)
+        if m.code != w.CONTENT or b2 is None:
+            problems.append(f"block {num}: {m}; due: 2.05 with Block2")
+            return body
+        rnum, more, rszx = w.parse_block(b2)
+        if m.uint(w.CONTENT_FORMAT) != w.LINK_FORMAT:
+            problems.append(f"block {num}: Content-Format {m.uint(w.CONTENT_FORMAT)}; due: 40")
+        if rnum != num or (szx is not None and rszx > szx):
+            problems.append(f"block {num} (SZX {szx}) answered with Block2 {rnum}/{int(more)}/{rszx}")
+            return body
+        if more and len(m.payload) != 16 << rszx:
+            problems.append(f"block {num}: {len(m.payload)} bytes with M=1; due: {16 << rszx}")
+        body += m.payload
+        if not more:
+            return body
+        szx, num = rszx, num + 1
+
+
+def all_resources_listed(body: bytes) -> list[str]:
+    text = body.decode(errors="replace")
+    want = ["</v1/devices/{device}>", "</seg1/seg2/seg3>"] + [f"</plant/hall-{i}/line-{i}/{{device}}>" for i in range(HALLS)]
+    missing = [w_ for w_ in want if w_ not in text]
+    return [f"missing {missing} in {text[:200]!r}..."] if missing else []
+
+
+def test_td_coap_block_01_02_well_known_core_in_blocks(server, peer):
+    """TD_COAP_BLOCK_01 (early negotiation) and TD_COAP_BLOCK_02 (late
+    negotiation), on the server's one GET resource: /.well-known/core,
+    which lists 14 resources here (over 1024 bytes).
+
+    - BLOCK_02: a GET without Block2 gets the first 1024-byte block with
+      Block2 0/1/6; the client asks for the next ones; put together they
+      are the whole list. libcoap and aiocoap (which follow Block2
+      themselves) get the same list.
+    - BLOCK_01: a GET with Block2 0/0/1 asks for 32-byte blocks from the
+      start; the server uses that size; the same list. libcoap -b 32 too."""
+    import aiocoap
+
+    problems: list[str] = []
+    late = block2_download(peer, "/.well-known/core", None, problems)
+    assert not problems, "\n".join(problems)
+    assert len(late) > 1024, f"the link-format is only {len(late)} bytes: the test needs more resources"
+    problems += all_resources_listed(late)
+    early = block2_download(peer, "/.well-known/core", 1, problems)
+    if early != late:
+        problems.append(f"32-byte blocks put together differ from the 1024-byte ones: {early[:80]!r}")
+    for args in ((), ("-b", "32")):
+        out = coap_client(*args, "-m", "get", f"{server.uri}/.well-known/core")
+        if out.stdout.strip().encode() != late:
+            problems.append(f"libcoap {' '.join(args)} got {out.stdout[:100]!r}... {out.stderr[-200:]!r}")
+    r = aiocoap_request(f"{server.uri}/.well-known/core", aiocoap.GET)
+    if r.code != aiocoap.CONTENT or r.payload != late:
+        problems.append(f"aiocoap got {r.code} {r.payload[:100]!r}...")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("block,code,reason", [
+    (w.block_value(1000, False, 0), w.BAD_OPTION, "bad_option"),
+    (w.block_value(0, False, 7), w.BAD_REQUEST, "bad_block"),
+], ids=["beyond-the-end", "szx-7"])
+def test_td_coap_block_a_block2_the_server_cannot_serve(server, peer, block, code, reason):
+    """A Block2 asking for a block past the end of /.well-known/core gets
+    4.02 (the option is malformed for this representation, RFC 7252
+    §5.9.2.3); SZX 7 gets 4.00 (RFC 7959 §2.2: reserved, 'MUST lead to a
+    4.00 Bad Request'). Each counted."""
+    before = server.rejected()
+    datagram = request(w.GET, "/.well-known/core", mid=peer.mid(), token=peer.token(), options=[(w.BLOCK2, block)])
+    problems: list[str] = []
+    expect_answer(peer.exchange(datagram), datagram, code, problems)
+    check_counted(before, server.rejected(), reason, problems)
+    assert not problems, "\n".join(problems)
+
+
+def test_td_coap_block_a_post_asking_for_small_answer_blocks(server, peer):
+    """A Block2 in a POST asks for answers no larger than its block size
+    (RFC 7959 §2.4, 'A server MUST use the block size indicated or a
+    smaller size'). The 2.04's diagnostic ('stored 1 (seq <= N)') is
+    longer than 16 bytes, so the 2.04 for Block2 SZX 0 has no payload; the
+    reading is stored."""
+    datagram = post(peer, "block2-post", options=[(w.BLOCK2, w.block_value(0, False, 0))])
+    m = peer.exchange(datagram)
+    problems: list[str] = []
+    expect_answer(m, datagram, w.CHANGED, problems)
+    if len(m.payload) > 16:
+        problems.append(f"a {len(m.payload)}-byte payload in answer to Block2 SZX 0: {m}")
+    if server.values("block2-post") != [1]:
+        problems.append(f"stored {server.values('block2-post')}; due: [1]")
     assert not problems, "\n".join(problems)
 
 
@@ -989,7 +1168,7 @@ def test_td_coap_obs_01_con_notifications_raw(observer, device):
     and a token; the 2.05 with Observe comes piggybacked; every CON
     notification is acknowledged with an Empty ACK (type ACK, code 0.00,
     its message id, nothing else: RFC 7252 §4.2, §5.2.2); all are stored.
-    Today the ACK has code 0.01."""
+    Before the fix (issue #14) the ACK has code 0.01."""
     obs = observer([device.address])
     reg = device.registration()
     check_registration(reg)
@@ -1012,7 +1191,7 @@ def test_td_coap_obs_01_real_devices(observer, tmp_path):
     notifications to a CON registration; the gateway stores them, and
     neither device may see an ACK that is not Empty: libcoap logs every
     message it receives ('t:ACK c:0.00' is right), aiocoap warns "those
-    don't fit" about an ACK that carries a code. Today both get ACKs with
+    don't fit" about an ACK that carries a code. Before the fix (issue #14) both get ACKs with
     code 0.01 (GET)."""
     lib_port, aio_port = free_port(), free_port()
     lib_log = tmp_path / "coap-server.log"
@@ -1093,7 +1272,7 @@ def test_td_coap_obs_06_notifications_for_an_unknown_token_get_an_empty_reset(ob
     """TD_COAP_OBS_06, the client's part: a notification for a token the
     client does not (or no longer) use is rejected with a Reset — an Empty
     message with its message id (RFC 7252 §4.2, §4.3; RFC 7641 §3.6) — and
-    not stored; a NON one gets the same Reset or nothing. Today the Reset
+    not stored; a NON one gets the same Reset or nothing. Before the fix (issue #14) the Reset
     carries code 0.01."""
     obs = observer([device.address])
     reg = device.registration()
@@ -1122,7 +1301,7 @@ def test_td_coap_obs_07_08_an_error_notification_ends_the_observation(observer, 
     Observe) is acknowledged with an Empty ACK, nothing is stored from it,
     and a later notification with that token is not stored (the client no
     longer displays anything for it). The client registers again later
-    (after `retry`) and stores what it gets. Today the ACK has code 0.01."""
+    (after `retry`) and stores what it gets. Before the fix (issue #14) the ACK has code 0.01."""
     obs = observer([device.address], retry="1s")
     reg = device.registration()
     device.notify(reg, 1, b"1.5", type=ACK, max_age=60)
@@ -1157,7 +1336,7 @@ def test_td_coap_obs_11_a_retransmitted_con_notification(observer, device):
     """TD_COAP_OBS_11 (lossy CON notifications), the client's part: the
     device did not get the ACK and sends the same CON notification again
     (same message id): it is acknowledged again with an Empty ACK and
-    stored once. Today the ACKs have code 0.01."""
+    stored once. Before the fix (issue #14) the ACKs have code 0.01."""
     obs = observer([device.address])
     reg = device.registration()
     device.notify(reg, 1, b"1.5", type=ACK, max_age=60)
@@ -1183,7 +1362,7 @@ def test_td_coap_core_09_11_separate_response_to_the_registration(observer, devi
     receives an acknowledgement'; ACK_TIMEOUT is 2 s, at most 3 s with the
     random factor); the CON response is acknowledged with an Empty ACK
     (§5.2.2: 'the client's Acknowledgement to that response MUST also be an
-    Empty message') and stored. Today the registration is retransmitted
+    Empty message') and stored. Before the fix (issue #14) the registration is retransmitted
     after 2 s, and the ACK has code 0.01."""
     obs = observer([device.address], retry="10s")
     reg = device.registration()
@@ -1217,7 +1396,7 @@ def test_item08_observe_client_ignores_a_malformed_reset(observer, device):
     effected by silently ignoring it.' Three malformed Resets to the
     registration (code 0.01; a token; a payload) change nothing: the next
     thing the device gets is the retransmission of the same registration
-    (same message id and token, after ACK_TIMEOUT). Today the first one
+    (same message id and token, after ACK_TIMEOUT). Before the fix (issue #14) the first one
     makes the client register again at once with a new token."""
     obs = observer([device.address], retry="10s")
     reg = device.registration()
@@ -1235,7 +1414,7 @@ def test_observe_a_reset_registration_is_tried_again_after_retry(observer, devic
     """A device that rejects the registration with a (well-formed) Reset
     cancels that exchange (RFC 7252 §4.2); the client registers again with
     a new token, but only after `retry` (2 s), like a registration that got
-    no answer. Today it registers again at once: a device that Resets
+    no answer. Before the fix (issue #14) it registers again at once: a device that Resets
     every registration gets them in a loop with no pause."""
     obs = observer([device.address], retry="2s")
     reg = device.registration()
@@ -1246,4 +1425,40 @@ def test_observe_a_reset_registration_is_tried_again_after_retry(observer, devic
     assert at - reset_at >= 1.95, f"registered again {at - reset_at:.3f}s after a Reset; due: after retry (2 s)"
     device.notify(again, 1, b"4.5", type=ACK, max_age=60)
     obs.wait_values([4.5])
+    obs.stop()
+
+
+def test_observe_client_rejects_what_it_cannot_process(observer, device):
+    """The Observe client as a CoAP endpoint (RFC 7252 §4.2, §5.4.1): a
+    CON notification with an unrecognized critical option (65001) is
+    rejected with an Empty Reset and not stored; a malformed CON (TKL 9)
+    gets an Empty Reset; a CoAP ping gets its Reset; a notification of
+    version 2 is silently ignored. None of them is stored, and the next
+    good notification is."""
+    obs = observer([device.address])
+    reg = device.registration()
+    device.notify(reg, 1, b"1.5", type=ACK, max_age=60)
+    obs.wait_values([1.5])
+    problems: list[str] = []
+
+    def expect_reset(mid: int, what: str) -> None:
+        m, _ = device.expect(10, f"Reset of {what}", lambda m: m.mid == mid)
+        if m.raw != empty(RST, mid):
+            problems.append(f"{what} answered {m} ({m.raw.hex()}); due: 7000{mid:04x}")
+
+    mid = device.mid()
+    device.send(encode(type=CON, code=w.CONTENT, mid=mid, token=reg.token,
+                       options=[(w.OBSERVE, 2), (w.CONTENT_FORMAT, b""), (65001, b"x")], payload=b"666"))
+    expect_reset(mid, "a notification with option 65001")
+    mid = device.mid()
+    device.send(encode(type=CON, code=w.CONTENT, mid=mid, tkl=9, token=b"\0" * 9))
+    expect_reset(mid, "a CON with TKL 9")
+    mid = device.mid()
+    device.send(empty(CON, mid))
+    expect_reset(mid, "a CoAP ping")
+    device.send(encode(type=NON, code=w.CONTENT, mid=device.mid(), token=reg.token, version=2,
+                       options=[(w.OBSERVE, 3), (w.CONTENT_FORMAT, b"")], payload=b"667"))
+    device.notify(reg, 4, b"4.5", type=NON, max_age=60)
+    obs.wait_values([1.5, 4.5])
+    assert not problems, "\n".join(problems)
     obs.stop()
