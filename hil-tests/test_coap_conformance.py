@@ -1121,6 +1121,10 @@ listen = ["127.0.0.1:{free_port()}"]
         self.state_dir = state_dir
         self.db = state_dir / "gateway.db"
         self.gw = spawn(gateway_bin, write_config(config), state_dir)
+        # Queries before READY=1 can meet a database whose schema is being
+        # made, which `query` reports as missing. (The Observe client may
+        # register before READY=1; the device's socket keeps the datagram.)
+        self.gw.wait_ready(timeout=30)
 
     def values(self, i: int = 0) -> list:
         return values(self.binary, self.db, f"obs-{i}", "v")

@@ -361,21 +361,14 @@ impl Observer {
     /// RFC 7252 §5.4.1: an unrecognized critical option in a response (or
     /// one out of its definition) rejects it.
     fn unsupported_option(&self, message: &Message<'_>) -> Option<String> {
-        let mut last = None;
-        for (number, value) in message.options() {
-            let repeated = last == Some(number);
-            last = Some(number);
-            if !option::is_critical(number) {
-                continue;
-            }
-            let fits = option::definition(number).is_some_and(|d| {
-                (!repeated || d.repeatable) && (d.min..=d.max).contains(&value.len())
-            });
-            if !fits {
-                return Some(format!("option {number} in a response is not understood"));
-            }
-        }
-        None
+        message
+            .checked_options()
+            .find_map(|(number, _, recognized)| match recognized {
+                Err(why) if option::is_critical(number) => {
+                    Some(format!("option {number} in a response: {why}"))
+                }
+                _ => None,
+            })
     }
 
     /// The response to the registration, or a notification, with our

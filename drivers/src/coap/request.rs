@@ -36,30 +36,13 @@ pub(super) enum OptionRefusal {
 /// host and port name this server, and no resource takes a query.
 pub(super) fn read_options(request: &Message<'_>) -> Result<RequestOptions, OptionRefusal> {
     let mut out = RequestOptions::default();
-    let mut last = None;
     let mut segments = 0usize;
-    for (number, value) in request.options() {
-        let repeated = last == Some(number);
-        last = Some(number);
-        let usable = option::definition(number).map(|d| {
-            if repeated && !d.repeatable {
-                Err("repeated, and it is not repeatable")
-            } else if !(d.min..=d.max).contains(&value.len()) {
-                Err("its length is out of range")
-            } else {
-                Ok(())
+    for (number, value, recognized) in request.checked_options() {
+        if let Err(why) = recognized {
+            if !option::is_critical(number) {
+                continue;
             }
-        });
-        match usable {
-            Some(Ok(())) => {}
-            None | Some(Err(_)) if !option::is_critical(number) => continue,
-            None => {
-                return Err(OptionRefusal::Bad {
-                    number,
-                    why: "an unrecognized critical option",
-                });
-            }
-            Some(Err(why)) => return Err(OptionRefusal::Bad { number, why }),
+            return Err(OptionRefusal::Bad { number, why });
         }
         let uint = || wire::uint(value).unwrap_or(0);
         match number {

@@ -359,6 +359,30 @@ impl<'a> Message<'a> {
         std::iter::from_fn(move || walk.next_option().ok().flatten())
     }
 
+    /// The options in order, each with whether this codec recognizes that
+    /// occurrence (RFC 7252 §5.4): `Err` names why not — an unknown
+    /// number, a repetition of an option that does not repeat (§5.4.5), a
+    /// length out of its range (§5.4.3). Such an occurrence is ignored if
+    /// elective and refuses the message if critical.
+    pub fn checked_options(
+        &self,
+    ) -> impl Iterator<Item = (u16, &'a [u8], Result<(), &'static str>)> + use<'a> {
+        let mut last = None;
+        self.options().map(move |(number, value)| {
+            let repeated = last == Some(number);
+            last = Some(number);
+            let recognized = match option::definition(number) {
+                None => Err("an unrecognized option"),
+                Some(d) if repeated && !d.repeatable => Err("repeated, and it does not repeat"),
+                Some(d) if !(d.min..=d.max).contains(&value.len()) => {
+                    Err("its length is out of range")
+                }
+                Some(_) => Ok(()),
+            };
+            (number, value, recognized)
+        })
+    }
+
     /// The first value of option `number`.
     pub fn option(&self, number: u16) -> Option<&'a [u8]> {
         self.options().find(|(n, _)| *n == number).map(|(_, v)| v)
