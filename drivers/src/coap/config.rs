@@ -98,8 +98,11 @@ fn default_max_records() -> usize {
 fn default_rate_limit() -> f64 {
     1000.0
 }
+/// `recv_buffer`'s default: room for a burst from thousands of devices.
+pub const DEFAULT_RECV_BUFFER: usize = 4 * 1024 * 1024;
+
 fn default_recv_buffer() -> usize {
-    4 * 1024 * 1024
+    DEFAULT_RECV_BUFFER
 }
 fn default_dedup_entries() -> usize {
     10_000

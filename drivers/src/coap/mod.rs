@@ -1,8 +1,9 @@
 //! CoAP (RFC 7252) for constrained devices: a server on UDP that takes
-//! readings by POST or PUT, built on coap-lite's message codec with our
-//! own transport, deduplication and Block1 assembly.
+//! readings by POST or PUT, with our own message codec ([`wire`]),
+//! transport, deduplication and Block1 assembly.
 //!
 //! - [`config`]: listeners, resource paths, limits.
+//! - [`wire`]: the message format: strict parsing, encoding, options.
 //! - [`cbor`]: SenML CBOR packs.
 //! - [`observe`]: the Observe client (RFC 7641) for devices serving
 //!   their own resources.
@@ -18,60 +19,78 @@
 //! answered from the deduplication cache (or ignored while its answer is
 //! pending) and never stored twice. Block1 (RFC 7959) assembles packs
 //! larger than a datagram. `/.well-known/core` lists the resources
-//! (RFC 6690).
+//! (RFC 6690), in Block2 blocks when asked.
+//!
+//! **The message layer (RFC 7252 §4).** A message of another version is
+//! silently ignored. A confirmable or non-confirmable message the server
+//! cannot process — a format error, an Empty NON, a reserved code class, a
+//! response — is rejected with an Empty Reset; a CoAP ping (an Empty CON)
+//! gets its Reset too, and is no rejection. ACKs and Resets need nothing.
+//!
+//! **Requests.** Unrecognized critical options, and conditional requests
+//! (If-Match, If-None-Match: this server keeps no ETags), get 4.02 in a
+//! CON and a Reset in a NON (§5.4.1); Proxy-Uri and Proxy-Scheme 5.05
+//! (§5.10.2); an unknown method or one the resource does not take 4.05;
+//! an Accept the answer cannot meet 4.06.
 //!
 //! **Limits and bad input.** Payload and pack size, a token bucket per
 //! endpoint address (a flood from one endpoint is answered 5.03 and does
 //! not starve the others), a bounded deduplication cache, bounded Block1
-//! assemblies. A malformed confirmable datagram is answered with a Reset,
-//! a bad payload with 4.00 / 4.13 / 4.15 and a diagnostic; every
-//! rejection is counted by reason.
+//! assemblies. A bad payload gets 4.00 / 4.13 / 4.15 and a diagnostic.
+//! Every rejection is counted by reason ([`CoapStats`]).
 //!
-//! **Security.** coap-lite has no DTLS: today CoAP belongs on a segmented
+//! **Security.** There is no DTLS here: today CoAP belongs on a segmented
 //! plant network (or behind a VPN). Every request passes `authorize`
 //! (`Shared::authorize`) — the place for OSCORE or DTLS identities later.
 
+mod blocks;
 pub mod cbor;
 pub mod config;
+mod exchange;
 pub mod observe;
+mod request;
+pub mod wire;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use coap_lite::{
-    CoapOption, ContentFormat, MessageClass, MessageType, Packet, RequestType, ResponseType,
-};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 pub use config::CoapConfig;
 use config::ResourceConfig;
+use blocks::Assemblies;
+use exchange::{Dedup, ExchangeKey, Reply, Seen};
+use request::{OptionRefusal, Refusal, RequestOptions, read_options};
+use wire::{Block, Code, Encoder, Kind, Message, ParseError, format, option};
 
 use crate::payload::decode::{self, DecodeError, Decoded, JsonLayout};
 use crate::payload::topic::TopicPattern;
-use biota_common::time::now_ns;
 use biota_common::telemetry::{MetricKind, MetricSet, Telemetry};
+use biota_common::time::now_ns;
 
 use crate::component::{BoxError, BuildContext, Component, DriverConfig};
 use crate::{
     CommitNotice, CommitOutcome, DeviceBinding, Sample, SampleBatch, SampleQuality, SampleSink,
 };
 
-/// RFC 7252 §4.8.2.
-const EXCHANGE_LIFETIME: Duration = Duration::from_secs(247);
-/// How long a Block1 transfer may pause between blocks.
-const BLOCK_TIMEOUT: Duration = Duration::from_secs(60);
-/// Block1 transfers in progress at once.
-const MAX_ASSEMBLIES: usize = 1000;
 /// Requests waiting for their commit at once.
 const MAX_PENDING: usize = 8192;
 /// Endpoints the rate limiter remembers.
 const MAX_ENDPOINTS: usize = 100_000;
 /// How long a request waits for its commit before it is answered 5.03.
 const COMMIT_WAIT: Duration = Duration::from_secs(30);
+/// The largest `/.well-known/core` answer sent whole; a larger one goes
+/// in Block2 blocks of this size (RFC 7959 §2.4; RFC 7252 §4.6 asks for
+/// messages that fit 1152 bytes).
+const LINK_FORMAT_BLOCK: Block = Block {
+    num: 0,
+    more: false,
+    szx: 6,
+};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -178,65 +197,16 @@ impl DriverConfig for CoapConfig {
     }
 }
 
-type ExchangeKey = (SocketAddr, u16);
-
-/// Recently seen exchanges and their answers.
-#[derive(Default)]
-struct Dedup {
-    answers: HashMap<ExchangeKey, Option<Vec<u8>>>,
-    order: VecDeque<(ExchangeKey, Instant)>,
-}
-
-enum Seen {
-    New,
-    Pending,
-    Answered(Vec<u8>),
-}
-
-impl Dedup {
-    fn check(&mut self, key: ExchangeKey, capacity: usize) -> Seen {
-        let now = Instant::now();
-        while let Some((old, at)) = self.order.front() {
-            if now.duration_since(*at) < EXCHANGE_LIFETIME && self.order.len() < capacity {
-                break;
-            }
-            self.answers.remove(old);
-            self.order.pop_front();
-        }
-        match self.answers.get(&key) {
-            Some(Some(answer)) => Seen::Answered(answer.clone()),
-            Some(None) => Seen::Pending,
-            None => {
-                self.answers.insert(key, None);
-                self.order.push_back((key, now));
-                Seen::New
-            }
-        }
-    }
-
-    fn answer(&mut self, key: ExchangeKey, bytes: Vec<u8>) {
-        if let Some(slot) = self.answers.get_mut(&key) {
-            *slot = Some(bytes);
-        }
-    }
-}
-
-/// A Block1 transfer in progress.
-struct Assembly {
-    data: Vec<u8>,
-    next: u32,
-    format: Option<ContentFormat>,
-    touched: Instant,
-}
-
 struct Shared {
     config: CoapConfig,
     resources: Vec<(TopicPattern, ResourceConfig)>,
+    /// `/.well-known/core`, made once.
+    link_format: String,
     sink: SampleSink,
     stats: Arc<CoapStats>,
     dedup: Mutex<Dedup>,
     buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
-    blocks: Mutex<HashMap<(SocketAddr, String), Assembly>>,
+    blocks: Assemblies,
     pending: Arc<tokio::sync::Semaphore>,
     next_mid: AtomicU16,
 }
@@ -252,35 +222,27 @@ impl CoapDriver {
     pub fn start(config: CoapConfig, sink: SampleSink) -> Result<Self, CoapError> {
         let mut sockets = Vec::new();
         for &address in &config.listen {
-            let socket = bind_udp(address).map_err(|source| CoapError { address, source })?;
-            // Bursts of requests wait in the kernel while the server is
-            // busy; a small buffer drops them (and devices retransmit 2 s
-            // later). The kernel caps it at net.core.rmem_max.
-            let sock = socket2::SockRef::from(&socket);
-            if let Err(e) = sock.set_recv_buffer_size(config.recv_buffer) {
-                tracing::warn!(%address, error = %e, "cannot size the CoAP receive buffer");
-            }
-            let granted = sock.recv_buffer_size().unwrap_or(0);
-            if granted < config.recv_buffer {
-                tracing::info!(%address, asked = config.recv_buffer, granted, "CoAP receive buffer capped by net.core.rmem_max");
-            }
+            let socket = bind_udp(address, config.recv_buffer)
+                .map_err(|source| CoapError { address, source })?;
             sockets.push(socket);
         }
-        let resources = config
+        let resources: Vec<_> = config
             .resources
             .iter()
             .filter_map(|r| Some((r.pattern().ok()?, r.clone())))
             .collect();
+        let link_format = link_format(&resources);
         tracing::info!(listen = ?config.listen, "CoAP server listening");
         Ok(Self {
             shared: Arc::new(Shared {
                 config,
                 resources,
+                link_format,
                 sink,
                 stats: Arc::default(),
                 dedup: Mutex::default(),
                 buckets: Mutex::default(),
-                blocks: Mutex::default(),
+                blocks: Assemblies::default(),
                 pending: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING)),
                 next_mid: AtomicU16::new(now_ns() as u16),
             }),
@@ -340,9 +302,12 @@ async fn serve(socket: Arc<UdpSocket>, shared: Arc<Shared>, shutdown: Cancellati
     }
 }
 
-/// A non-blocking UDP socket bound to `address` (an IPv6 one for IPv6
-/// only, so that IPv4 and IPv6 listeners can share a port number).
-fn bind_udp(address: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+/// A listener socket as the server binds it: non-blocking, bound to
+/// `address` (an IPv6 one for IPv6 only, so that IPv4 and IPv6 listeners
+/// can share a port number), with a receive buffer of `recv_buffer` bytes
+/// as far as the kernel grants it. Public for `bench coap`, whose bare
+/// loop runs over the same kind of socket.
+pub fn bind_udp(address: SocketAddr, recv_buffer: usize) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(
         Domain::for_address(address),
@@ -352,44 +317,19 @@ fn bind_udp(address: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     if address.is_ipv6() {
         socket.set_only_v6(true)?;
     }
+    // Bursts of requests wait in the kernel while the server is busy; a
+    // small buffer drops them (and devices retransmit 2 s later). The
+    // kernel caps it at net.core.rmem_max.
+    if let Err(e) = socket.set_recv_buffer_size(recv_buffer) {
+        tracing::warn!(%address, error = %e, "cannot size the CoAP receive buffer");
+    }
+    let granted = socket.recv_buffer_size().unwrap_or(0);
+    if granted < recv_buffer {
+        tracing::info!(%address, asked = recv_buffer, granted, "CoAP receive buffer capped by net.core.rmem_max");
+    }
     socket.bind(&address.into())?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
-}
-
-/// An answer to `request` (piggybacked on the ACK of a confirmable one).
-fn answer(request: &Packet, code: ResponseType, payload: &[u8], next_mid: &AtomicU16) -> Packet {
-    let mut p = Packet::new();
-    p.header.set_version(1);
-    if request.header.get_type() == MessageType::Confirmable {
-        p.header.set_type(MessageType::Acknowledgement);
-        p.header.message_id = request.header.message_id;
-    } else {
-        p.header.set_type(MessageType::NonConfirmable);
-        p.header.message_id = next_mid.fetch_add(1, Relaxed);
-    }
-    p.header.code = MessageClass::Response(code);
-    p.set_token(request.get_token().to_vec());
-    if !payload.is_empty() {
-        p.set_content_format(ContentFormat::TextPlain);
-        p.payload = payload.to_vec();
-    }
-    p
-}
-
-fn encode(p: &Packet) -> Vec<u8> {
-    p.to_bytes_unlimited().unwrap_or_default()
-}
-
-/// An unsigned option value in the fewest bytes.
-fn uint_option(v: u32) -> Vec<u8> {
-    let bytes = v.to_be_bytes();
-    let skip = bytes.iter().take_while(|b| **b == 0).count();
-    bytes[skip..].to_vec()
-}
-
-fn option_uint(raw: &[u8]) -> Option<u32> {
-    (raw.len() <= 4).then(|| raw.iter().fold(0u32, |acc, b| acc << 8 | u32::from(*b)))
 }
 
 impl Shared {
@@ -417,6 +357,36 @@ impl Shared {
         }
     }
 
+    /// The answer to `reply`'s request: piggybacked on the ACK of a CON,
+    /// a NON of its own for a NON. `options` are unsigned ones, in order.
+    fn answer(&self, reply: &Reply, code: Code, options: &[(u16, u32)], payload: &[u8]) -> Vec<u8> {
+        let (kind, mid) = match reply.kind {
+            Kind::Con => (Kind::Ack, reply.mid),
+            _ => (Kind::Non, self.next_mid.fetch_add(1, Relaxed)),
+        };
+        options
+            .iter()
+            .fold(Encoder::new(kind, code, mid, reply.token()), |e, &(n, v)| {
+                e.uint_option(n, v)
+            })
+            .payload(payload)
+    }
+
+    /// Counts a refusal and answers it with its diagnostic.
+    fn refuse(&self, reply: &Reply, peer: SocketAddr, (code, reason, detail): Refusal) -> Vec<u8> {
+        self.stats.reject(reason, peer, &detail);
+        self.answer(reply, code, &[], detail.as_bytes())
+    }
+
+    /// Remembers the answer to exchange `key` for its retransmissions.
+    fn remember(&self, key: ExchangeKey, bytes: Vec<u8>) -> Option<Vec<u8>> {
+        self.dedup
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .answer(key, bytes.clone());
+        Some(bytes)
+    }
+
     /// Handles one datagram: the answer to send at once, if any (answers
     /// that wait for a commit are sent by their own task).
     fn datagram(
@@ -425,29 +395,77 @@ impl Shared {
         peer: SocketAddr,
         socket: &Arc<UdpSocket>,
     ) -> Option<Vec<u8>> {
-        let request = match Packet::from_bytes(bytes) {
-            Ok(p) => p,
-            Err(e) => {
-                self.stats.reject("malformed", peer, &e.to_string());
-                // A confirmable message we cannot process is rejected with a Reset.
-                if bytes.len() >= 4 && bytes[0] >> 6 == 1 && (bytes[0] >> 4) & 3 == 0 {
-                    let mut reset = Packet::new();
-                    reset.header.set_version(1);
-                    reset.header.set_type(MessageType::Reset);
-                    reset.header.message_id = u16::from_be_bytes([bytes[2], bytes[3]]);
-                    return Some(encode(&reset));
-                }
-                return None;
-            }
+        let message = match wire::parse(bytes) {
+            Ok(m) => m,
+            Err(e) => return self.unparsable(&e, peer),
         };
-        let kind = request.header.get_type();
-        if matches!(kind, MessageType::Acknowledgement | MessageType::Reset) {
-            return None;
+        let reset = || Some(wire::empty(Kind::Rst, message.mid).to_vec());
+        match (message.kind, message.code) {
+            // This server sends no CON, and a Reset to one of its NON
+            // answers needs nothing; RFC 7252 §4.2 has a wrong ACK or
+            // Reset silently ignored.
+            (Kind::Ack | Kind::Rst, Code::EMPTY) => None,
+            (Kind::Ack | Kind::Rst, code) => {
+                self.stats.reject(
+                    "unexpected_message",
+                    peer,
+                    &format!("a {} with code {code}: ignored", message.kind),
+                );
+                None
+            }
+            // A CoAP ping (§4.3): its Reset is the pong.
+            (Kind::Con, Code::EMPTY) => reset(),
+            (Kind::Non, Code::EMPTY) => {
+                self.stats.reject(
+                    "unexpected_message",
+                    peer,
+                    "an Empty NON (RFC 7252 §4.3: a NON is never Empty)",
+                );
+                reset()
+            }
+            (_, code) if code.is_request() => self.request(message, peer, socket),
+            (kind, code) => {
+                self.stats.reject(
+                    "unexpected_message",
+                    peer,
+                    &format!("a {kind} with code {code}: this server takes requests only"),
+                );
+                reset()
+            }
         }
-        if !matches!(request.header.code, MessageClass::Request(_)) {
-            return None;
+    }
+
+    /// A datagram that is no message to process: counted; a CON or NON
+    /// with a format error is rejected with an Empty Reset (RFC 7252 §4.2,
+    /// §4.3), anything else silently ignored (§3: another version; §4.2:
+    /// an ACK or a Reset).
+    fn unparsable(&self, error: &ParseError, peer: SocketAddr) -> Option<Vec<u8>> {
+        let detail = error.to_string();
+        match *error {
+            ParseError::TooShort { .. } => {
+                self.stats.reject("malformed", peer, &detail);
+                None
+            }
+            ParseError::Version { .. } => {
+                self.stats.reject("bad_version", peer, &detail);
+                None
+            }
+            ParseError::Format { kind, mid, .. } => {
+                self.stats.reject("malformed", peer, &detail);
+                matches!(kind, Kind::Con | Kind::Non).then(|| wire::empty(Kind::Rst, mid).to_vec())
+            }
         }
-        let key = (peer, request.header.message_id);
+    }
+
+    /// A CON or NON request.
+    fn request(
+        self: Arc<Self>,
+        request: Message<'_>,
+        peer: SocketAddr,
+        socket: &Arc<UdpSocket>,
+    ) -> Option<Vec<u8>> {
+        let reply = Reply::of(&request);
+        let key = (peer, request.mid);
         let capacity = self.config.dedup_entries;
         match self
             .dedup
@@ -465,92 +483,110 @@ impl Shared {
             }
             Seen::New => {}
         }
-        let done = move |this: &Self, p: Packet| {
-            let bytes = encode(&p);
-            this.dedup
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .answer(key, bytes.clone());
-            Some(bytes)
-        };
         if !self.allow(peer) {
             self.stats
                 .reject("rate_limited", peer, "over the endpoint's rate limit");
-            let mut p = answer(
-                &request,
-                ResponseType::ServiceUnavailable,
+            let p = self.answer(
+                &reply,
+                Code::SERVICE_UNAVAILABLE,
+                &[(option::MAX_AGE, 1)],
                 b"rate limit",
-                &self.next_mid,
             );
-            p.add_option(CoapOption::MaxAge, uint_option(1));
-            return done(&self, p);
+            return self.remember(key, p);
         }
-        let path = request
-            .get_option(CoapOption::UriPath)
-            .map(|segments| {
-                segments
-                    .iter()
-                    .map(|s| String::from_utf8_lossy(s).into_owned())
-                    .collect::<Vec<_>>()
-                    .join("/")
-            })
-            .unwrap_or_default();
-        let method = match request.header.code {
-            MessageClass::Request(m) => m,
-            _ => return None,
+        let refused = |this: &Self, refusal: Refusal| {
+            let answer = this.refuse(&reply, peer, refusal);
+            this.remember(key, answer)
         };
-        if path == ".well-known/core" {
-            if method != RequestType::Get {
-                return done(
+        if !request.code.is_known_method() {
+            // RFC 7252 §5.8.
+            return refused(
+                &self,
+                (
+                    Code::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    format!("method code {} is not one this server knows", request.code),
+                ),
+            );
+        }
+        let options = match read_options(&request) {
+            Ok(options) => options,
+            Err(OptionRefusal::Bad { number, why }) => {
+                let detail = format!("option {number}: {why}");
+                if reply.kind == Kind::Con {
+                    return refused(&self, (Code::BAD_OPTION, "bad_option", detail));
+                }
+                // §5.4.1: a NON with it is rejected (§4.3), never answered.
+                self.stats.reject("bad_option", peer, &detail);
+                return self.remember(key, wire::empty(Kind::Rst, request.mid).to_vec());
+            }
+            Err(OptionRefusal::Proxy { number }) => {
+                return refused(
                     &self,
-                    answer(
-                        &request,
-                        ResponseType::MethodNotAllowed,
-                        b"",
-                        &self.next_mid,
+                    (
+                        Code::PROXYING_NOT_SUPPORTED,
+                        "proxying_not_supported",
+                        format!("option {number}: this server is no proxy"),
                     ),
                 );
             }
-            let mut p = answer(&request, ResponseType::Content, b"", &self.next_mid);
-            p.set_content_format(ContentFormat::ApplicationLinkFormat);
-            p.payload = self.link_format().into_bytes();
-            return done(&self, p);
+        };
+        let path = options.path.as_str();
+        if path == ".well-known/core" {
+            return match self.well_known_core(&request, &reply, &options) {
+                Ok(answer) => self.remember(key, answer),
+                Err(refusal) => refused(&self, refusal),
+            };
         }
         let Some((r, captures)) = self
             .resources
             .iter()
             .enumerate()
-            .find_map(|(i, (pattern, _))| Some((i, pattern.matches(&path)?)))
+            .find_map(|(i, (pattern, _))| Some((i, pattern.matches(path)?)))
         else {
-            self.stats
-                .reject("not_found", peer, &format!("no resource /{path}"));
-            return done(
+            return refused(
                 &self,
-                answer(
-                    &request,
-                    ResponseType::NotFound,
-                    b"no such resource",
-                    &self.next_mid,
-                ),
+                (Code::NOT_FOUND, "not_found", format!("no resource /{path}")),
             );
         };
-        if !self.authorize(peer, &path) {
-            return done(
+        if !self.authorize(peer, path) {
+            return refused(
                 &self,
-                answer(&request, ResponseType::Unauthorized, b"", &self.next_mid),
-            );
-        }
-        if !matches!(method, RequestType::Post | RequestType::Put) {
-            return done(
-                &self,
-                answer(
-                    &request,
-                    ResponseType::MethodNotAllowed,
-                    b"POST or PUT readings",
-                    &self.next_mid,
+                (
+                    Code::UNAUTHORIZED,
+                    "unauthorized",
+                    format!("this endpoint may not post to /{path}"),
                 ),
             );
         }
+        if !matches!(request.code, Code::POST | Code::PUT) {
+            return refused(
+                &self,
+                (
+                    Code::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    format!("{} on /{path}: POST or PUT readings", request.code),
+                ),
+            );
+        }
+        // §5.10.4: answers to POST and PUT are text/plain.
+        if let Some(accept) = options.accept.filter(|a| *a != format::TEXT_PLAIN) {
+            return refused(
+                &self,
+                (
+                    Code::NOT_ACCEPTABLE,
+                    "not_acceptable",
+                    format!("Accept {accept}: the answer is text/plain (0)"),
+                ),
+            );
+        }
+        // Block2 in a request asks for answers no larger than its size
+        // (RFC 7959 §2.4): a diagnostic that does not fit is left out.
+        let answer_limit = match options.block2.map(|b| blocks::block_size(b, "Block2")) {
+            None => usize::MAX,
+            Some(Ok(size)) => size,
+            Some(Err(refusal)) => return refused(&self, refusal),
+        };
         let captured = |name: &str| {
             captures
                 .iter()
@@ -560,49 +596,41 @@ impl Shared {
         let device = captured("device");
         let point = captured("point");
         // Block1: gather the pack first.
-        let (payload, format) = match self.block1(&request, peer, &path) {
+        let assembled = match options.block1 {
+            None => Ok(Some((request.payload.to_vec(), options.content_format))),
+            Some(block) => self.blocks.add(
+                block,
+                request.payload,
+                options.content_format,
+                (peer, path),
+                self.config.max_payload,
+            ),
+        };
+        let (payload, format) = match assembled {
             Ok(Some(full)) => full,
             Ok(None) => {
                 // A block in the middle: 2.31 Continue, echoing Block1.
-                let mut p = answer(&request, ResponseType::Continue, b"", &self.next_mid);
-                if let Some(b) = request.get_first_option(CoapOption::Block1) {
-                    p.add_option(CoapOption::Block1, b.clone());
-                }
-                return done(&self, p);
+                let block = options.block1.map_or(0, Block::value);
+                let p = self.answer(&reply, Code::CONTINUE, &[(option::BLOCK1, block)], b"");
+                return self.remember(key, p);
             }
-            Err((code, reason, detail)) => {
-                self.stats.reject(reason, peer, &detail);
-                return done(
-                    &self,
-                    answer(&request, code, detail.as_bytes(), &self.next_mid),
-                );
-            }
+            Err(refusal) => return refused(&self, refusal),
         };
         if payload.len() > self.config.max_payload {
             self.stats
                 .reject("too_large", peer, "payload over max_payload");
-            let mut p = answer(
-                &request,
-                ResponseType::RequestEntityTooLarge,
+            let p = self.answer(
+                &reply,
+                Code::REQUEST_ENTITY_TOO_LARGE,
+                &[(option::SIZE1, self.config.max_payload as u32)],
                 b"payload too large",
-                &self.next_mid,
             );
-            p.add_option(
-                CoapOption::Size1,
-                uint_option(self.config.max_payload as u32),
-            );
-            return done(&self, p);
+            return self.remember(key, p);
         }
         let resource = &self.resources[r].1;
         let samples = match self.samples(&payload, format, device, point, resource, peer) {
             Ok(samples) => samples,
-            Err((code, reason, detail)) => {
-                self.stats.reject(reason, peer, &detail);
-                return done(
-                    &self,
-                    answer(&request, code, detail.as_bytes(), &self.next_mid),
-                );
-            }
+            Err(refusal) => return refused(&self, refusal),
         };
         // Store, then answer: in a task of its own, so that the receive
         // loop goes on while the group commit happens.
@@ -612,127 +640,90 @@ impl Shared {
                 peer,
                 "too many requests waiting for their commit",
             );
-            let mut p = answer(
-                &request,
-                ResponseType::ServiceUnavailable,
+            let p = self.answer(
+                &reply,
+                Code::SERVICE_UNAVAILABLE,
+                &[(option::MAX_AGE, 1)],
                 b"busy",
-                &self.next_mid,
             );
-            p.add_option(CoapOption::MaxAge, uint_option(1));
-            return done(&self, p);
+            return self.remember(key, p);
         };
+        // RFC 7959 §2.3: the answer to the last block carries its Block1.
+        let last_block = options.block1.map(|b| Block { more: false, ..b });
         let profile = resource.profile.as_deref().map(Arc::from);
         let source: Arc<str> = format!("coap://{}/{path}", peer.ip()).into();
         let socket = socket.clone();
         let this = self.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let code_payload = this.store(samples, source, profile).await;
-            let (code, text) = code_payload;
-            if let Some(bytes) = done(
-                &this,
-                answer(&request, code, text.as_bytes(), &this.next_mid),
-            ) {
+            let answer = match this.store(samples, source, profile).await {
+                Ok(text) => {
+                    let block1 = last_block.map(|b| (option::BLOCK1, b.value()));
+                    let format = (!text.is_empty() && text.len() <= answer_limit)
+                        .then_some((option::CONTENT_FORMAT, u32::from(format::TEXT_PLAIN)));
+                    let options: Vec<_> = format.into_iter().chain(block1).collect();
+                    let text = if text.len() <= answer_limit { text.as_bytes() } else { b"" };
+                    this.answer(&reply, Code::CHANGED, &options, text)
+                }
+                Err(refusal) => this.refuse(&reply, peer, refusal),
+            };
+            if let Some(bytes) = this.remember(key, answer) {
                 let _ = socket.send_to(&bytes, peer).await;
             }
         });
         None
     }
 
-    /// Collects Block1 blocks: the whole payload (and its format) once the
-    /// last block is in, `None` while more are due.
-    #[allow(clippy::type_complexity)]
-    fn block1(
+    /// `GET /.well-known/core` (RFC 6690) in link-format, whole or in the
+    /// Block2 block asked for.
+    fn well_known_core(
         &self,
-        request: &Packet,
-        peer: SocketAddr,
-        path: &str,
-    ) -> Result<Option<(Vec<u8>, Option<ContentFormat>)>, (ResponseType, &'static str, String)>
-    {
-        let format = request.get_content_format();
-        let Some(raw) = request.get_first_option(CoapOption::Block1) else {
-            return Ok(Some((request.payload.clone(), format)));
-        };
-        let bad = |detail: &str| (ResponseType::BadRequest, "bad_block", detail.to_owned());
-        let value = option_uint(raw).ok_or_else(|| bad("Block1 longer than 3 bytes"))?;
-        let (num, more, szx) = (value >> 4, value & 8 != 0, value & 7);
-        if szx == 7 {
-            return Err(bad("Block1 size exponent 7 is reserved"));
-        }
-        let size = 16usize << szx;
-        if more && request.payload.len() != size {
-            return Err(bad("a block that is not the last must have the block size"));
-        }
-        let key = (peer, path.to_owned());
-        let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        blocks.retain(|_, a| now.duration_since(a.touched) < BLOCK_TIMEOUT);
-        if num == 0 {
-            if blocks.len() >= MAX_ASSEMBLIES {
-                return Err((
-                    ResponseType::ServiceUnavailable,
-                    "too_many_transfers",
-                    "too many block transfers".into(),
-                ));
-            }
-            blocks.insert(
-                key.clone(),
-                Assembly {
-                    data: Vec::new(),
-                    next: 0,
-                    format,
-                    touched: now,
-                },
-            );
-        }
-        let Some(assembly) = blocks.get_mut(&key) else {
+        request: &Message<'_>,
+        reply: &Reply,
+        options: &RequestOptions,
+    ) -> Result<Vec<u8>, Refusal> {
+        if request.code != Code::GET {
             return Err((
-                ResponseType::RequestEntityIncomplete,
-                "bad_block",
-                "no transfer in progress: start at block 0".into(),
-            ));
-        };
-        if num != assembly.next || assembly.data.len() != num as usize * size {
-            blocks.remove(&key);
-            return Err((
-                ResponseType::RequestEntityIncomplete,
-                "bad_block",
-                "blocks out of order".into(),
+                Code::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{} on /.well-known/core: GET only", request.code),
             ));
         }
-        assembly.data.extend_from_slice(&request.payload);
-        assembly.next += 1;
-        assembly.touched = now;
-        if assembly.data.len() > self.config.max_payload {
-            blocks.remove(&key);
+        if let Some(accept) = options.accept.filter(|a| *a != format::LINK_FORMAT) {
             return Err((
-                ResponseType::RequestEntityTooLarge,
-                "too_large",
-                "payload over max_payload".into(),
+                Code::NOT_ACCEPTABLE,
+                "not_acceptable",
+                format!("Accept {accept}: /.well-known/core is link-format (40)"),
             ));
         }
-        if more {
-            return Ok(None);
-        }
-        let done = blocks.remove(&key).map(|a| (a.data, format.or(a.format)));
-        Ok(done)
+        let link_format = (option::CONTENT_FORMAT, u32::from(format::LINK_FORMAT));
+        Ok(
+            match blocks::block2(self.link_format.as_bytes(), options.block2, LINK_FORMAT_BLOCK)? {
+                (body, None) => self.answer(reply, Code::CONTENT, &[link_format], body),
+                (body, Some(block)) => self.answer(
+                    reply,
+                    Code::CONTENT,
+                    &[link_format, (option::BLOCK2, block.value())],
+                    body,
+                ),
+            },
+        )
     }
 
     /// Decodes a payload into samples by its content format.
-    #[allow(clippy::type_complexity)]
     fn samples(
         &self,
         payload: &[u8],
-        format: Option<ContentFormat>,
+        format: Option<u16>,
         device: Option<String>,
         point: Option<String>,
         resource: &ResourceConfig,
         peer: SocketAddr,
-    ) -> Result<Vec<Sample>, (ResponseType, &'static str, String)> {
+    ) -> Result<Vec<Sample>, Refusal> {
         let (values, errors) = decode_by_format(payload, format, now_ns())?;
         if values.len() + errors.len() > self.config.max_records {
             return Err((
-                ResponseType::RequestEntityTooLarge,
+                Code::REQUEST_ENTITY_TOO_LARGE,
                 "too_many_records",
                 format!(
                     "{} records; at most {}",
@@ -753,7 +744,7 @@ impl Shared {
                 .or(resource.point.as_deref());
             let (Some(device), Some(point)) = (device, point) else {
                 return Err((
-                    ResponseType::BadRequest,
+                    Code::BAD_REQUEST,
                     "no_device_or_point",
                     "the path, the resource and the payload name no device or no point".into(),
                 ));
@@ -774,18 +765,19 @@ impl Shared {
                 .map_or("no readings in the payload".to_owned(), |e| {
                     e.detail.clone()
                 });
-            return Err((ResponseType::BadRequest, "no_readings", detail));
+            return Err((Code::BAD_REQUEST, "no_readings", detail));
         }
         Ok(samples)
     }
 
-    /// Sends the samples with a commit notice and waits for the commit.
+    /// Sends the samples with a commit notice and waits for the commit:
+    /// the 2.04's text, or the refusal when nothing was stored.
     async fn store(
         &self,
         samples: Vec<Sample>,
         source: Arc<str>,
         profile: Option<Arc<str>>,
-    ) -> (ResponseType, String) {
+    ) -> Result<String, Refusal> {
         let (notice, outcome) = CommitNotice::new();
         let count = samples.len();
         let batch = SampleBatch {
@@ -797,10 +789,11 @@ impl Shared {
             died: Vec::new(),
         };
         if self.sink.send(batch).await.is_err() {
-            return (
-                ResponseType::ServiceUnavailable,
+            return Err((
+                Code::SERVICE_UNAVAILABLE,
+                "stopping",
                 "the gateway is stopping".into(),
-            );
+            ));
         }
         match tokio::time::timeout(COMMIT_WAIT, outcome).await {
             Ok(Ok(CommitOutcome::Committed {
@@ -810,73 +803,66 @@ impl Shared {
             })) => {
                 self.stats.stored.fetch_add(1, Relaxed);
                 self.stats.readings.fetch_add(stored as u64, Relaxed);
-                let text = if dropped == 0 {
+                Ok(if dropped == 0 {
                     format!("stored {stored} (seq <= {last_seq})")
                 } else {
                     format!("stored {stored}, rejected {dropped} (seq <= {last_seq})")
-                };
-                (ResponseType::Changed, text)
+                })
             }
-            Ok(Ok(CommitOutcome::NothingStored { dropped })) => (
-                ResponseType::BadRequest,
+            Ok(Ok(CommitOutcome::NothingStored { dropped })) => Err((
+                Code::BAD_REQUEST,
+                "nothing_stored",
                 format!(
                     "none of the {dropped} readings could be stored (invalid names, types or values)"
                 ),
-            ),
+            )),
             _ => {
                 tracing::warn!(count, "CoAP request not committed in time");
-                (
-                    ResponseType::ServiceUnavailable,
+                Err((
+                    Code::SERVICE_UNAVAILABLE,
+                    "commit_timeout",
                     "not stored in time; retry".into(),
-                )
+                ))
             }
         }
     }
+}
 
-    /// `/.well-known/core` (RFC 6690): each resource path, its accepted
-    /// content formats.
-    fn link_format(&self) -> String {
-        self.resources
-            .iter()
-            .map(|(_, r)| {
-                format!(
-                    "<{}>;rt=\"biota.readings\";ct=\"110 112 50 0\";title=\"POST or PUT readings\"",
-                    r.path
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(",")
-    }
+/// `/.well-known/core` (RFC 6690): each resource path, its accepted
+/// content formats.
+fn link_format(resources: &[(TopicPattern, ResourceConfig)]) -> String {
+    resources
+        .iter()
+        .map(|(_, r)| {
+            format!(
+                "<{}>;rt=\"biota.readings\";ct=\"110 112 50 0\";title=\"POST or PUT readings\"",
+                r.path
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// A payload's values by its Content-Format: 110 SenML JSON, 112 SenML
 /// CBOR, 50 JSON (a flat object), 0 text (one value, no point).
-#[allow(clippy::type_complexity)]
 pub(crate) fn decode_by_format(
     payload: &[u8],
-    format: Option<ContentFormat>,
+    content_format: Option<u16>,
     now: i64,
-) -> Result<(Vec<Decoded>, Vec<DecodeError>), (ResponseType, &'static str, String)> {
-    let bad = |e: DecodeError| (ResponseType::BadRequest, e.reason, e.detail);
-    match format {
-        Some(ContentFormat::ApplicationSenmlJSON) => decode::senml(payload, now).map_err(bad),
-        Some(ContentFormat::ApplicationSenmlCBOR) => cbor::senml(payload, now).map_err(bad),
-        Some(ContentFormat::ApplicationJSON) => {
-            decode::json(payload, &JsonLayout::default()).map_err(bad)
-        }
-        Some(ContentFormat::TextPlain) => {
-            Ok((vec![decode::plain(payload).map_err(bad)?], Vec::new()))
-        }
+) -> Result<(Vec<Decoded>, Vec<DecodeError>), Refusal> {
+    let bad = |e: DecodeError| (Code::BAD_REQUEST, e.reason, e.detail);
+    match content_format {
+        Some(format::SENML_JSON) => decode::senml(payload, now).map_err(bad),
+        Some(format::SENML_CBOR) => cbor::senml(payload, now).map_err(bad),
+        Some(format::JSON) => decode::json(payload, &JsonLayout::default()).map_err(bad),
+        Some(format::TEXT_PLAIN) => Ok((vec![decode::plain(payload).map_err(bad)?], Vec::new())),
         Some(other) => Err((
-            ResponseType::UnsupportedContentFormat,
+            Code::UNSUPPORTED_CONTENT_FORMAT,
             "unsupported_format",
-            format!(
-                "content format {} is not taken: use 110, 112, 50 or 0",
-                usize::from(other)
-            ),
+            format!("content format {other} is not taken: use 110, 112, 50 or 0"),
         )),
         None => Err((
-            ResponseType::UnsupportedContentFormat,
+            Code::UNSUPPORTED_CONTENT_FORMAT,
             "unsupported_format",
             "no Content-Format: use 110 (SenML JSON), 112 (SenML CBOR), 50 (JSON) or 0 (text)"
                 .into(),

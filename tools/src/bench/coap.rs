@@ -1,5 +1,7 @@
 //! `bench coap`: confirmable SenML packs from many endpoints into the
-//! durable store, each answered only after its commit.
+//! durable store, each answered only after its commit, and the same load
+//! against a bare UDP request/answer loop as the limit it is measured
+//! against (issue #15).
 //!
 //! The load generator runs in this process: `endpoints` UDP sockets (each
 //! its own CoAP endpoint, so per-endpoint rate limits and deduplication
@@ -7,8 +9,17 @@
 //! SenML pack of `records` readings in flight. The devices run on a
 //! runtime (one thread) of their own, so their tasks do not queue in the
 //! gateway's; they still share the machine's cores with it. A request's
-//! latency is from its send to its 2.04 ACK, which the gateway sends after
-//! the group commit that stored it.
+//! latency is from its send to its 2.04 ACK.
+//!
+//! Two runs with the same generator, one after the other:
+//! - A, the bare loop: one task on the gateway's runtime answers each
+//!   datagram at once with a 2.04 ACK echoing its message id and token —
+//!   what a CoAP server costs at the least on this machine and its UDP
+//!   stack, with no parsing, no pipeline and no commit;
+//! - B, the gateway: its CoAP server, which answers after the group commit
+//!   that stored the readings.
+//!
+//! B / A is the figure to compare across machines.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -24,6 +35,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::thousands;
 
+/// Load before measuring starts.
+const WARMUP: Duration = Duration::from_secs(1);
+
 pub async fn coap(
     dir: &Path,
     duration: Duration,
@@ -31,9 +45,18 @@ pub async fn coap(
     window: usize,
     records: usize,
 ) -> anyhow::Result<()> {
-    let probe = std::net::UdpSocket::bind(("127.0.0.1", 0))?;
-    let server = probe.local_addr()?;
-    drop(probe);
+    println!(
+        "\n## coap: {endpoints} endpoints x {window} confirmable POSTs in flight, SenML packs of {records} readings, {}",
+        format_duration(duration)
+    );
+    let bare = bare_run(duration, endpoints, window, records).await?;
+    bare.print(
+        "A bare UDP loop",
+        duration,
+        "answered at once, nothing parsed or stored",
+    );
+
+    let server = free_udp_address()?;
     let text = format!(
         "[store]\npath = \"coap.db\"\ncache_mib = 64\ncommit_max_readings = 100000\ncommit_max_delay = \"5ms\"\n\
          [store.retention]\nmax_size = \"off\"\n[pipeline]\nqueue_capacity = 4096\n\
@@ -43,75 +66,181 @@ pub async fn coap(
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let db = config.db_path(dir);
     let _ = std::fs::remove_file(&db);
+    let shutdown = CancellationToken::new();
+    let gateway = Gateway::start(&config, &Paths::for_db(&db), shutdown.clone()).await?;
+    let metrics = gateway.metrics().clone();
+    let load = Load::start(server, endpoints, window, records)?;
+    tokio::time::sleep(WARMUP).await;
+    let start = metrics.snapshot();
+    tokio::time::sleep(duration).await;
+    let end = metrics.snapshot();
+    let outcome = load.finish().await;
+    shutdown.cancel();
+    gateway.stopped().await;
+    let seconds = duration.as_secs_f64();
+    outcome.print(
+        "B gateway",
+        duration,
+        &format!(
+            "readings/s committed {}",
+            thousands(((end.committed - start.committed) as f64 / seconds) as u64)
+        ),
+    );
     println!(
-        "\n## coap: {endpoints} endpoints x {window} confirmable POSTs in flight, SenML packs of {records} readings, {}",
-        format_duration(duration)
+        "B / A          {:.1}%   requests/s of the bare loop over the same sockets and packs",
+        100.0 * outcome.answered as f64 / bare.answered.max(1) as f64
+    );
+    let commits = end.commits - start.commits;
+    println!(
+        "group commits/s {}   requests per commit {:.1}",
+        thousands((commits as f64 / seconds) as u64),
+        outcome.answered as f64 / commits.max(1) as f64
     );
     println!(
         "store: synchronous = full (fsync per group commit), commit_max_delay = 5ms; 2.04 only after the commit"
     );
-    let shutdown = CancellationToken::new();
-    let gateway = Gateway::start(&config, &Paths::for_db(&db), shutdown.clone()).await?;
-    let metrics = gateway.metrics().clone();
+    Ok(())
+}
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let warmup = Duration::from_secs(1);
-    let started = Instant::now();
-    let measure_from = started + warmup;
-    let devices = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("bench-devices")
-        .enable_all()
-        .build()?;
-    let mut tasks = Vec::new();
-    for e in 0..endpoints {
-        let stop = stop.clone();
-        tasks.push(devices.spawn(endpoint(server, e, window, records, measure_from, stop)));
-    }
-    tokio::time::sleep(warmup).await;
-    let start = metrics.snapshot();
-    tokio::time::sleep(duration).await;
-    let end = metrics.snapshot();
-    let (committed_start, committed_end) = (start.committed, end.committed);
-    let commits = end.commits - start.commits;
-    stop.store(true, Relaxed);
-    let mut latencies: Vec<u64> = Vec::new();
-    let mut answered = 0u64;
-    let mut retransmits = 0u64;
-    for t in tasks {
-        if let Ok((lat, n, r)) = t.await {
-            latencies.extend(lat);
-            answered += n;
-            retransmits += r;
+/// A free UDP port on 127.0.0.1 (the probe socket is closed again).
+fn free_udp_address() -> std::io::Result<SocketAddr> {
+    std::net::UdpSocket::bind(("127.0.0.1", 0))?.local_addr()
+}
+
+/// Run A: the generator against one task that answers every datagram at
+/// once (on this runtime, where the gateway's server would run).
+async fn bare_run(
+    duration: Duration,
+    endpoints: usize,
+    window: usize,
+    records: usize,
+) -> anyhow::Result<Outcome> {
+    // The server's own kind of socket, with its default receive buffer.
+    let socket = UdpSocket::from_std(biota_drivers::coap::bind_udp(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        biota_drivers::coap::config::DEFAULT_RECV_BUFFER,
+    )?)?;
+    let server = socket.local_addr()?;
+    let stop = CancellationToken::new();
+    let responder = tokio::spawn(bare_responder(socket, stop.clone()));
+    let load = Load::start(server, endpoints, window, records)?;
+    tokio::time::sleep(WARMUP + duration).await;
+    let outcome = load.finish().await;
+    stop.cancel();
+    let _ = responder.await;
+    Ok(outcome)
+}
+
+/// Answers each datagram with a 2.04 ACK: its header (type ACK, code
+/// 2.04, its message id) and token, nothing else.
+async fn bare_responder(socket: UdpSocket, stop: CancellationToken) {
+    let mut buf = [0u8; 1500];
+    loop {
+        let (n, peer) = tokio::select! {
+            () = stop.cancelled() => return,
+            received = socket.recv_from(&mut buf) => match received {
+                Ok(r) => r,
+                Err(_) => continue,
+            },
+        };
+        if n < 4 {
+            continue;
         }
+        let end = (4 + usize::from(buf[0] & 15).min(8)).min(n);
+        buf[0] = 0x60 | (buf[0] & 15);
+        buf[1] = 0x44;
+        let _ = socket.send_to(&buf[..end], peer).await;
     }
-    shutdown.cancel();
-    gateway.stopped().await;
-    devices.shutdown_background();
-    let seconds = duration.as_secs_f64();
-    latencies.sort_unstable();
-    let pct = |q: f64| -> f64 {
-        if latencies.is_empty() {
+}
+
+/// The generator while it runs: its endpoints on a runtime of their own.
+struct Load {
+    devices: tokio::runtime::Runtime,
+    tasks: Vec<tokio::task::JoinHandle<(Vec<u64>, u64, u64)>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Load {
+    /// Starts the endpoints; what they send after WARMUP is measured.
+    fn start(
+        server: SocketAddr,
+        endpoints: usize,
+        window: usize,
+        records: usize,
+    ) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let measure_from = Instant::now() + WARMUP;
+        let devices = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("bench-devices")
+            .enable_all()
+            .build()?;
+        let tasks = (0..endpoints)
+            .map(|e| {
+                devices.spawn(endpoint(
+                    server,
+                    e,
+                    window,
+                    records,
+                    measure_from,
+                    stop.clone(),
+                ))
+            })
+            .collect();
+        Ok(Self {
+            devices,
+            tasks,
+            stop,
+        })
+    }
+
+    /// Stops the endpoints and gathers what they measured.
+    async fn finish(self) -> Outcome {
+        self.stop.store(true, Relaxed);
+        let mut outcome = Outcome::default();
+        for t in self.tasks {
+            if let Ok((latencies, answered, retransmits)) = t.await {
+                outcome.latencies.extend(latencies);
+                outcome.answered += answered;
+                outcome.retransmits += retransmits;
+            }
+        }
+        self.devices.shutdown_background();
+        outcome.latencies.sort_unstable();
+        outcome
+    }
+}
+
+/// What the endpoints measured: requests answered, their latencies in µs
+/// (sorted), retransmissions.
+#[derive(Default)]
+struct Outcome {
+    answered: u64,
+    latencies: Vec<u64>,
+    retransmits: u64,
+}
+
+impl Outcome {
+    /// Quantile `q` of the latencies, in ms.
+    fn percentile(&self, q: f64) -> f64 {
+        if self.latencies.is_empty() {
             return f64::NAN;
         }
-        let i = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
-        latencies[i] as f64 / 1000.0
-    };
-    println!(
-        "requests/s {}   readings/s committed {}   ack latency p50 {:.2} ms  p99 {:.2} ms  ({} requests measured, {} retransmissions)",
-        thousands((answered as f64 / seconds) as u64),
-        thousands(((committed_end - committed_start) as f64 / seconds) as u64),
-        pct(0.50),
-        pct(0.99),
-        thousands(answered),
-        retransmits
-    );
-    println!(
-        "group commits/s {}   requests per commit {:.1}",
-        thousands((commits as f64 / seconds) as u64),
-        answered as f64 / commits.max(1) as f64
-    );
-    Ok(())
+        let n = self.latencies.len();
+        let i = ((n as f64 * q).ceil() as usize).clamp(1, n) - 1;
+        self.latencies[i] as f64 / 1000.0
+    }
+
+    fn print(&self, name: &str, duration: Duration, extra: &str) {
+        println!(
+            "{name:<14} requests/s {}   {extra}   ack latency p50 {:.2} ms  p99 {:.2} ms  ({} requests measured, {} retransmissions)",
+            thousands((self.answered as f64 / duration.as_secs_f64()) as u64),
+            self.percentile(0.50),
+            self.percentile(0.99),
+            thousands(self.answered),
+            self.retransmits
+        );
+    }
 }
 
 /// One endpoint: `window` confirmable POSTs in flight, each re-sent after
