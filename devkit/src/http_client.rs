@@ -72,13 +72,7 @@ impl Client {
     /// load generator in the gateway's process must not hold answers).
     pub async fn get_counting(&mut self, path: &str) -> std::io::Result<(StatusCode, u64)> {
         let request = self.build(Method::GET, path, &[], None)?;
-        let response = self
-            .sender()
-            .await?
-            .send_request(request)
-            .await
-            .map_err(std::io::Error::other)?;
-        self.closing = closes(response.headers());
+        let response = self.send(request).await?;
         let status = response.status();
         let mut body = response.into_body();
         let mut bytes = 0u64;
@@ -88,6 +82,22 @@ impl Client {
             }
         }
         Ok((status, bytes))
+    }
+
+    /// Sends `request` on the kept connection (opening one if needed) and
+    /// notes whether the server closes it after this answer.
+    async fn send(
+        &mut self,
+        request: Request<Full<Bytes>>,
+    ) -> std::io::Result<hyper::Response<hyper::body::Incoming>> {
+        let response = self
+            .sender()
+            .await?
+            .send_request(request)
+            .await
+            .map_err(std::io::Error::other)?;
+        self.closing = closes(response.headers());
+        Ok(response)
     }
 
     fn build(
@@ -124,13 +134,7 @@ impl Client {
         body: Option<Vec<u8>>,
     ) -> std::io::Result<Answer> {
         let request = self.build(method, path, headers, body)?;
-        let response = self
-            .sender()
-            .await?
-            .send_request(request)
-            .await
-            .map_err(std::io::Error::other)?;
-        self.closing = closes(response.headers());
+        let response = self.send(request).await?;
         let (parts, body) = response.into_parts();
         let body = body
             .collect()
